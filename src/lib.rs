@@ -1,0 +1,5 @@
+//! scopegate: a reverse-proxy authorization gateway.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod route;
