@@ -1,6 +1,28 @@
 //! scopegate: a reverse-proxy authorization gateway.
+//!
+//! Crate map (see ARCHITECTURE.md for the invariants):
+//! - [`config`]: routes.yaml -> validated [`config::Config`]
+//! - [`route`]: path normalization and the compiled route table (pure)
+//! - [`auth`]: token verification (JWT via JWKS, opaque via introspection) and the scope check
+//! - [`proxy`]: the hyper service: normalize -> match -> authorize -> forward
+//! - [`error`]: the one place rejections become responses
+//! - [`gateway`]: the swappable runtime state; [`app`]: process wiring, reload, signals
+//! - [`server`], [`admin`]: listeners; [`metrics`]: Prometheus text
+//! - [`explain`], [`route_tests`], [`demo`], [`cli`]: the subcommands
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod error;
+pub mod explain;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
 pub mod route;
+pub mod route_tests;
+pub mod server;
+pub mod tls;

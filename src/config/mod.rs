@@ -83,7 +83,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -126,4 +130,14 @@ pub fn from_yaml(_text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         col: 1,
         message: "not implemented".into(),
     }]))
+}
+
+/// The compiled route table for `scopegate check` (placeholder).
+pub fn describe(config: &Config) -> String {
+    format!("{} routes\n", config.routes.routes().len())
+}
+
+/// The JSON Schema of routes.yaml (placeholder).
+pub fn json_schema() -> String {
+    "{}".into()
 }

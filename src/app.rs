@@ -1,0 +1,244 @@
+//! Process wiring: compiled config -> runtime -> bound listeners -> served
+//! until shutdown; config-file watching and SIGHUP reload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{self, Config};
+use crate::gateway::{BuildError, Gateway, Runtime};
+use crate::metrics::Metrics;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// A running gateway: its bound addresses and the means to stop it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Starts draining: `/readyz` turns 503, listeners close, in-flight requests finish.
+    pub fn begin_shutdown(&self) {
+        self.gateway.start_draining();
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Shuts down and waits until every listener has drained.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// A future that resolves when shutdown begins.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|&stop| stop).await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Builds the runtime, binds every listener and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    crate::tls::install_crypto_provider();
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let metrics = Metrics::new();
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            crate::tls::server_config(&files.cert, &files.key)?,
+        ))),
+        None => None,
+    };
+    let proxy_listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let runtime = Runtime::build(config, &metrics, None)?;
+    let gateway = Gateway::new(runtime, metrics);
+    let (shutdown, _) = watch::channel(false);
+    let mut running = Running {
+        proxy_addr,
+        admin_addr,
+        gateway: gateway.clone(),
+        shutdown,
+        tasks: JoinSet::new(),
+    };
+    let stop = running.shutdown_signal();
+    running.tasks.spawn(crate::server::serve(
+        proxy_listener,
+        gateway.clone(),
+        tls,
+        stop,
+    ));
+    let stop = running.shutdown_signal();
+    running
+        .tasks
+        .spawn(crate::admin::serve(admin_listener, gateway.clone(), stop));
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "scopegate serving");
+    Ok(running)
+}
+
+/// Loads `path` again and installs it when it compiles; otherwise logs every
+/// error and keeps the old table. Returns whether the new table was installed.
+pub fn reload(gateway: &Gateway, path: &Path) -> bool {
+    let current = gateway.runtime();
+    match config::load(path) {
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("reload rejected: {e}");
+            }
+            gateway.metrics.reload(false);
+            false
+        }
+        Ok(config) => {
+            let old = &current.config;
+            if config.listen != old.listen
+                || config.admin_listen != old.admin_listen
+                || config.tls != old.tls
+                || config.forward_auth.as_ref().map(|f| f.listen)
+                    != old.forward_auth.as_ref().map(|f| f.listen)
+            {
+                tracing::warn!("listener addresses or TLS files changed: restart scopegate to apply them; the rest of the reload applies now");
+            }
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            match gateway.reload(config) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "config reloaded");
+                    gateway.metrics.reload(true);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "reload rejected: {e}");
+                    gateway.metrics.reload(false);
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Watches `path` (polling its content once a second: this sees in-place
+/// edits, editors that replace the file, and Kubernetes' symlink swaps
+/// alike) and reloads on change or on SIGHUP, until shutdown.
+pub async fn watch_config(
+    gateway: Arc<Gateway>,
+    path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut last = std::fs::read(&path).ok();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = sighup => {
+                tracing::info!("SIGHUP: reloading");
+                last = std::fs::read(&path).ok();
+                reload(&gateway, &path);
+            }
+            _ = tick.tick() => {
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last {
+                    last = now;
+                    reload(&gateway, &path);
+                }
+            }
+        }
+    }
+}
+
+/// `scopegate run`: serve until SIGTERM/SIGINT, reloading on edits and SIGHUP.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let path = config.source.clone();
+    let mut running = start(config).await?;
+    let stop = running.shutdown_signal();
+    running
+        .tasks
+        .spawn(watch_config(running.gateway.clone(), path, stop));
+    terminate_signal().await;
+    tracing::info!("shutting down: draining connections");
+    running.shutdown().await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+pub async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

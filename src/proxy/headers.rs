@@ -1,0 +1,308 @@
+//! Header surgery on forwarded messages: hop-by-hop removal, identity-header
+//! stripping (every spelling), `X-Forwarded-*`, and claims -> identity headers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::Principal;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy ones proxies still see).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Is this an HTTP/1.1 upgrade request or response (`Connection: upgrade` + `Upgrade`)?
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header
+/// names. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so
+/// the next hop can switch protocols. `protected` names are never removed
+/// because a `Connection` header named them.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, protected: &[HeaderName]) {
+    // Names listed in Connection, collected first (rare: usually empty).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if name != header::HOST && !protected.contains(&name) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The identity headers of a config: which names to strip, which claims to send.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// (header name, claim name), names lower-case.
+    pairs: Vec<(HeaderName, String)>,
+}
+
+impl IdentityHeaders {
+    pub fn new(pairs: Vec<(HeaderName, String)>) -> Self {
+        IdentityHeaders { pairs }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.pairs.iter().map(|(n, _)| n)
+    }
+
+    /// Does `name` fold into one of the identity headers (any case — header
+    /// maps are already lower-case — and `_` in place of `-`)?
+    fn is_spelling_of_identity(&self, name: &HeaderName) -> bool {
+        let candidate = name.as_str().as_bytes();
+        self.pairs.iter().any(|(n, _)| {
+            let n = n.as_str().as_bytes();
+            n.len() == candidate.len()
+                && n.iter()
+                    .zip(candidate)
+                    .all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+        })
+    }
+
+    /// Removes every client-sent copy of the identity headers.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.pairs.is_empty() {
+            return;
+        }
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| self.is_spelling_of_identity(name))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+
+    /// Adds the identity headers from the principal's claims. A claim that is
+    /// absent, null or cannot be a header value adds nothing.
+    pub fn insert(&self, headers: &mut HeaderMap, principal: &Principal) {
+        for (name, claim) in &self.pairs {
+            let value = if claim == "scope" || claim == "scp" {
+                // Normalized: whichever claim carried them, space-separated.
+                Some(principal.scopes.join(" "))
+            } else {
+                principal.claims.get(claim).and_then(claim_as_header_text)
+            };
+            if let Some(value) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
+
+/// A claim as header text: strings as they are, arrays of strings joined by
+/// spaces, numbers and booleans printed, objects as compact JSON.
+fn claim_as_header_text(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(_) | Value::Number(_) | Value::Object(_) => Some(value.to_string()),
+        Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            Some(parts.join(" "))
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For` (all incoming values kept, in order, the peer
+/// appended), and `X-Forwarded-Proto` / `X-Forwarded-Host` (replacing what
+/// the client sent).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: std::net::IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let mut xff = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = value.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                xff.push_str(v);
+                xff.push_str(", ");
+            }
+        }
+    }
+    use std::fmt::Write as _;
+    let _ = write!(xff, "{peer}");
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn identity() -> IdentityHeaders {
+        IdentityHeaders::new(vec![
+            (HeaderName::from_static("x-auth-subject"), "sub".into()),
+            (HeaderName::from_static("x-auth-scopes"), "scope".into()),
+        ])
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret, Host, x-auth-subject"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("host", "api.example"),
+            ("x-auth-subject", "gateway-set"),
+            ("x-kept", "yes"),
+        ]);
+        let protected: Vec<HeaderName> = identity().names().cloned().collect();
+        remove_hop_by_hop(&mut h, false, &protected);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "x-auth-subject", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_and_upgrades_survive_when_asked() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true, &[]);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_in_every_spelling() {
+        let mut h = map(&[
+            ("x-auth-subject", "forged"),
+            ("x_auth_subject", "forged"),
+            ("X_AUTH_SCOPES", "admin"),
+            ("x-auth-subjects", "different header"),
+            ("x-other", "kept"),
+        ]);
+        identity().strip(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["x-auth-subjects", "x-other"]);
+    }
+
+    #[test]
+    fn identity_headers_come_from_claims() {
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "user-1".into());
+        claims.insert("groups".into(), serde_json::json!(["a", "b"]));
+        let principal = Principal {
+            subject: Some("user-1".into()),
+            scopes: vec!["message".into(), "email".into()].into(),
+            claims,
+            expires_at: 0,
+        };
+        let ids = IdentityHeaders::new(vec![
+            (HeaderName::from_static("x-auth-subject"), "sub".into()),
+            (HeaderName::from_static("x-auth-scopes"), "scope".into()),
+            (HeaderName::from_static("x-groups"), "groups".into()),
+            (HeaderName::from_static("x-missing"), "nope".into()),
+        ]);
+        let mut h = HeaderMap::new();
+        ids.insert(&mut h, &principal);
+        assert_eq!(h["x-auth-subject"], "user-1");
+        assert_eq!(h["x-auth-scopes"], "message email");
+        assert_eq!(h["x-groups"], "a b");
+        assert!(!h.contains_key("x-missing"));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "127.0.0.9".parse().unwrap(),
+            "http",
+            Some(HeaderValue::from_static("api.example")),
+        );
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.9"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example");
+    }
+}

@@ -1,0 +1,279 @@
+//! The request path: normalize -> match -> authorize -> forward.
+//!
+//! [`handle`] logs, counts and turns any [`Rejection`] into a response;
+//! [`authorize`] (shared with forward-auth mode) and [`forward`] return
+//! `Result`s and never build error responses themselves.
+
+pub mod bearer;
+pub mod forward;
+pub mod headers;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::auth::{self, AuthError, Principal};
+use crate::error::Rejection;
+use crate::gateway::{Gateway, Runtime};
+use crate::metrics::{Decision, UpstreamError};
+use crate::route::{Requirement, Route};
+
+/// Response bodies: the upstream's, streamed, or one the gateway made.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Facts about the client connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Did the client connect over TLS (for `X-Forwarded-Proto`)?
+    pub tls: bool,
+}
+
+/// A request that may pass.
+#[derive(Debug)]
+pub struct Allowed<'a> {
+    pub route: &'a Route,
+    /// `None` on public routes.
+    pub principal: Option<Arc<Principal>>,
+    /// The normalized path: what is matched and what is forwarded.
+    pub path: Cow<'a, str>,
+}
+
+/// A request that may not pass, with the route it matched (if any).
+#[derive(Debug)]
+pub struct Denied<'a> {
+    pub rejection: Rejection,
+    pub route: Option<&'a Route>,
+}
+
+impl Denied<'_> {
+    pub fn decision(&self) -> Decision {
+        decision_of(&self.rejection)
+    }
+}
+
+fn decision_of(rejection: &Rejection) -> Decision {
+    match rejection {
+        Rejection::BadRequest(_) | Rejection::BadPath(_) | Rejection::BadAuthorization(_) => {
+            Decision::InvalidRequest
+        }
+        Rejection::MissingToken => Decision::Unauthorized,
+        Rejection::InvalidToken(_) => Decision::InvalidToken,
+        Rejection::InsufficientScope(_) => Decision::InsufficientScope,
+        Rejection::UntrustedPeer => Decision::UntrustedPeer,
+        Rejection::NotFound => Decision::NotFound,
+        Rejection::Unavailable { .. } => Decision::Unavailable,
+        // Not authorization decisions: the request was allowed.
+        Rejection::BadGateway(_) | Rejection::GatewayTimeout => Decision::Allow,
+    }
+}
+
+/// Checks a request target and returns its path, before normalization.
+pub fn target_path<'a>(method: &Method, uri: &'a Uri) -> Result<&'a str, Rejection> {
+    if method == Method::CONNECT {
+        return Err(Rejection::BadRequest(
+            "the authority form (CONNECT) is not supported",
+        ));
+    }
+    let path = uri.path();
+    if path == "*" {
+        return Err(Rejection::BadRequest(
+            "the asterisk form (OPTIONS *) is not supported",
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(Rejection::BadRequest("malformed request target"));
+    }
+    Ok(path)
+}
+
+/// Normalize, match, verify, check scopes. Shared by the proxy and forward-auth.
+pub async fn authorize<'a>(
+    runtime: &'a Runtime,
+    method: &Method,
+    raw_path: &'a str,
+    headers: &HeaderMap,
+) -> Result<Allowed<'a>, Denied<'a>> {
+    let deny = |rejection, route| Denied { rejection, route };
+    let path = crate::route::normalize(raw_path).map_err(|e| deny(Rejection::BadPath(e), None))?;
+    let Some(route) = runtime.config.routes.lookup(method.as_str(), &path) else {
+        return Err(deny(Rejection::NotFound, None));
+    };
+    if route.requirement == Requirement::Public {
+        return Ok(Allowed {
+            route,
+            principal: None,
+            path,
+        });
+    }
+    let token = match bearer::bearer_token(headers) {
+        Ok(Some(token)) => token,
+        Ok(None) => return Err(deny(Rejection::MissingToken, Some(route))),
+        Err(rejection) => return Err(deny(rejection, Some(route))),
+    };
+    let principal = runtime.verifier.verify(token).await.map_err(|e| {
+        let rejection = match e {
+            AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
+            AuthError::Unavailable { retry_after, .. } => Rejection::Unavailable { retry_after },
+        };
+        deny(rejection, Some(route))
+    })?;
+    if !auth::authorize(&route.requirement, &principal) {
+        return Err(deny(
+            Rejection::InsufficientScope(required_scopes(&route.requirement)),
+            Some(route),
+        ));
+    }
+    Ok(Allowed {
+        route,
+        principal: Some(principal),
+        path,
+    })
+}
+
+/// The `scope=` attribute of a 403: all required scopes, or the alternatives.
+fn required_scopes(requirement: &Requirement) -> String {
+    match requirement {
+        Requirement::AllScopes(s) | Requirement::AnyScopes(s) => s.join(" "),
+        Requirement::Public | Requirement::AnyToken => String::new(),
+    }
+}
+
+/// Serves one proxied request: never fails, every error becomes a response.
+pub async fn handle(gateway: &Gateway, request: Request<Incoming>, peer: Peer) -> Response<Body> {
+    let started = Instant::now();
+    let runtime = gateway.runtime();
+    let method = request.method().clone();
+    let response = match handle_inner(gateway, &runtime, request, peer).await {
+        Ok(response) => response,
+        Err(rejection) => {
+            tracing::debug!(%method, status = rejection.status().as_u16(), error = rejection.code(), "rejected");
+            rejection.to_response().map(Either::Right)
+        }
+    };
+    gateway.metrics.observe_latency(started.elapsed());
+    response
+}
+
+async fn handle_inner(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    mut request: Request<Incoming>,
+    peer: Peer,
+) -> Result<Response<Body>, Rejection> {
+    let metrics = &gateway.metrics;
+    let raw_path = match target_path(request.method(), request.uri()) {
+        Ok(p) => p.to_owned(),
+        Err(rejection) => {
+            metrics.unmatched().record(Decision::InvalidRequest);
+            return Err(rejection);
+        }
+    };
+    let allowed = match authorize(runtime, request.method(), &raw_path, request.headers()).await {
+        Ok(allowed) => allowed,
+        Err(denied) => {
+            runtime
+                .counters(denied.route, metrics)
+                .record(denied.decision());
+            return Err(denied.rejection);
+        }
+    };
+    let decision = if allowed.principal.is_some() {
+        Decision::Allow
+    } else {
+        Decision::Public
+    };
+    runtime
+        .counters(Some(allowed.route), metrics)
+        .record(decision);
+
+    let upstream = runtime
+        .upstreams
+        .get(allowed.route.upstream)
+        .ok_or(Rejection::BadGateway("route has no upstream"))?;
+    let upgrade = headers::is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", allowed.path),
+        None => allowed.path.into_owned(),
+    };
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Rejection::BadRequest("malformed request target"))?;
+
+    let protected: Vec<http::HeaderName> = runtime.identity.names().cloned().collect();
+    let h = &mut parts.headers;
+    headers::remove_hop_by_hop(h, upgrade, &protected);
+    runtime.identity.strip(h);
+    let host = match h.get(HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if let Some(host) = &host {
+        if !h.contains_key(HOST) {
+            h.insert(HOST, host.clone());
+        }
+    }
+    headers::set_forwarded(
+        h,
+        peer.addr.ip(),
+        if peer.tls { "https" } else { "http" },
+        host,
+    );
+    if let Some(principal) = &allowed.principal {
+        if runtime.config.forward.strip_authorization {
+            h.remove(http::header::AUTHORIZATION);
+        }
+        runtime.identity.insert(h, principal);
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let upstream_request = Request::from_parts(parts, body);
+
+    let mut response = match runtime.client.send(upstream_request).await {
+        Ok(response) => response,
+        Err(kind) => {
+            metrics.upstream_error(kind);
+            return Err(match kind {
+                UpstreamError::Timeout => Rejection::GatewayTimeout,
+                UpstreamError::Connect => {
+                    Rejection::BadGateway("the upstream refused the connection")
+                }
+                UpstreamError::Protocol => Rejection::BadGateway("the upstream failed to answer"),
+            });
+        }
+    };
+
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    headers::remove_hop_by_hop(response.headers_mut(), switching, &[]);
+    Ok(response.map(Either::Left))
+}
