@@ -32,6 +32,8 @@ pub enum StartError {
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Set when `forward_auth.listen` is configured.
+    pub forward_auth_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -92,12 +94,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: config.admin_listen,
             source,
         })?;
+    let forward_auth_listener = match &config.forward_auth {
+        Some(fa) => Some(bind(fa.listen).await?),
+        None => None,
+    };
+    let forward_auth_addr = match &forward_auth_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?),
+        None => None,
+    };
     let runtime = Runtime::build(config, &metrics, None)?;
     let gateway = Gateway::new(runtime, metrics);
     let (shutdown, _) = watch::channel(false);
     let mut running = Running {
         proxy_addr,
         admin_addr,
+        forward_auth_addr,
         gateway: gateway.clone(),
         shutdown,
         tasks: JoinSet::new(),
@@ -113,7 +127,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     running
         .tasks
         .spawn(crate::admin::serve(admin_listener, gateway.clone(), stop));
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "scopegate serving");
+    if let Some(listener) = forward_auth_listener {
+        let stop = running.shutdown_signal();
+        running
+            .tasks
+            .spawn(crate::forward_auth::serve(listener, gateway.clone(), stop));
+    }
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, forward_auth = ?forward_auth_addr, "scopegate serving");
     Ok(running)
 }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod forward_auth;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;

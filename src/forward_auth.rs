@@ -1,0 +1,262 @@
+//! Forward-auth mode: "may this request pass?" for nginx `auth_request`,
+//! Traefik ForwardAuth, Caddy `forward_auth` and Envoy `ext_authz` (HTTP).
+//!
+//! Same normalization, matching, verification, caches and metrics as the
+//! proxy ([`crate::proxy::authorize`]); only where the original method and
+//! path come from differs. Only peers in `trusted_peers` may name them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::error::Rejection;
+use crate::gateway::Gateway;
+use crate::metrics::Decision;
+
+static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+
+/// The prefix Envoy's `ext_authz` `path_prefix` is configured with.
+pub const ENVOY_PREFIX: &str = "/envoy";
+
+/// Is `ip` inside one of the `(network, prefix length)` ranges?
+pub fn is_trusted(ip: IpAddr, trusted: &[(IpAddr, u8)]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|&(net, len)| match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    })
+}
+
+/// The original request named by a forward-auth call: (method, path without query).
+fn original_request(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(Method, String), Rejection> {
+    if let Some(rest) = path.strip_prefix(ENVOY_PREFIX) {
+        if rest.is_empty() || rest.starts_with('/') {
+            let original = if rest.is_empty() { "/" } else { rest };
+            return Ok((method.clone(), original.to_owned()));
+        }
+    }
+    if path != "/verify" {
+        return Err(Rejection::NotFound);
+    }
+    let pick = |a: &HeaderName, b: &HeaderName| -> Result<Option<String>, Rejection> {
+        let mut values = headers.get_all(a).iter();
+        let value = match values.next() {
+            Some(v) => {
+                if values.next().is_some() {
+                    return Err(Rejection::BadRequest(
+                        "several values for one original-request header",
+                    ));
+                }
+                v
+            }
+            None => match headers.get(b) {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        };
+        value
+            .to_str()
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|_| Rejection::BadRequest("original-request header is not visible ASCII"))
+    };
+    let (method, uri) = match (
+        pick(&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)?,
+        pick(&X_FORWARDED_URI, &X_ORIGINAL_URI)?,
+    ) {
+        (Some(m), Some(u)) => (m, u),
+        (None, Some(u)) => ("GET".to_string(), u),
+        _ => {
+            return Err(Rejection::BadRequest(
+                "missing X-Forwarded-Uri (or X-Original-URI) naming the original request",
+            ))
+        }
+    };
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| Rejection::BadRequest("malformed original method"))?;
+    // The URI may be origin-form (`/a?b`) or absolute (`https://host/a?b`).
+    let uri: http::Uri = uri
+        .parse()
+        .map_err(|_| Rejection::BadRequest("malformed original URI"))?;
+    let path = crate::proxy::target_path(&method, &uri)?;
+    Ok((method, path.to_owned()))
+}
+
+/// Answers one forward-auth request.
+pub async fn respond(
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let runtime = gateway.runtime();
+    let Some(settings) = &runtime.config.forward_auth else {
+        return Rejection::NotFound.to_response();
+    };
+    if !is_trusted(peer.ip(), &settings.trusted_peers) {
+        gateway.metrics.unmatched().record(Decision::UntrustedPeer);
+        tracing::warn!(%peer, "forward-auth request from an untrusted peer");
+        return Rejection::UntrustedPeer.to_response();
+    }
+    let (method, path) =
+        match original_request(request.method(), request.uri().path(), request.headers()) {
+            Ok(original) => original,
+            Err(rejection) => {
+                gateway.metrics.unmatched().record(Decision::InvalidRequest);
+                return rejection.to_response();
+            }
+        };
+    match crate::proxy::authorize(&runtime, &method, &path, request.headers()).await {
+        Err(denied) => {
+            runtime
+                .counters(denied.route, &gateway.metrics)
+                .record(denied.decision());
+            denied.rejection.to_response()
+        }
+        Ok(allowed) => {
+            let decision = if allowed.principal.is_some() {
+                Decision::Allow
+            } else {
+                Decision::Public
+            };
+            runtime
+                .counters(Some(allowed.route), &gateway.metrics)
+                .record(decision);
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::OK;
+            if let Some(principal) = &allowed.principal {
+                runtime.identity.insert(response.headers_mut(), principal);
+            }
+            response
+        }
+    }
+}
+
+/// Serves forward-auth on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = crate::server::ServerLimits::from_config(&gateway.runtime().config);
+    let builder = Arc::new(crate::server::connection_builder(&limits));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "forward-auth accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(respond(&gateway, &request, peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    crate::server::drain(graceful, limits.shutdown_grace).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_peer_ranges() {
+        let trusted = [
+            ("127.0.0.1".parse().unwrap(), 32),
+            ("10.1.0.0".parse().unwrap(), 16),
+            ("::1".parse().unwrap(), 128),
+        ];
+        let check = |ip: &str, expected: bool| {
+            assert_eq!(is_trusted(ip.parse().unwrap(), &trusted), expected, "{ip}");
+        };
+        check("127.0.0.1", true);
+        check("127.0.0.2", false);
+        check("10.1.200.3", true);
+        check("10.2.0.1", false);
+        check("::1", true);
+        check("::ffff:127.0.0.1", true);
+        check("::2", false);
+        assert!(is_trusted(
+            "8.8.8.8".parse().unwrap(),
+            &[("0.0.0.0".parse().unwrap(), 0)]
+        ));
+    }
+
+    #[test]
+    fn original_request_from_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-method", "post".parse().unwrap());
+        h.insert("x-forwarded-uri", "/api/x?y=1".parse().unwrap());
+        h.insert("x-original-uri", "/ignored".parse().unwrap());
+        let (m, p) = original_request(&Method::GET, "/verify", &h).unwrap();
+        assert_eq!((m, p.as_str()), (Method::POST, "/api/x"));
+
+        let mut nginx = HeaderMap::new();
+        nginx.insert("x-original-method", "DELETE".parse().unwrap());
+        nginx.insert("x-original-uri", "/api/messages/7".parse().unwrap());
+        let (m, p) = original_request(&Method::GET, "/verify", &nginx).unwrap();
+        assert_eq!((m, p.as_str()), (Method::DELETE, "/api/messages/7"));
+
+        let (m, p) =
+            original_request(&Method::PUT, "/envoy/api/messages/7", &HeaderMap::new()).unwrap();
+        assert_eq!((m, p.as_str()), (Method::PUT, "/api/messages/7"));
+
+        assert_eq!(
+            original_request(&Method::GET, "/verify", &HeaderMap::new())
+                .unwrap_err()
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            original_request(&Method::GET, "/envoyx", &HeaderMap::new()).unwrap_err(),
+            Rejection::NotFound
+        );
+    }
+}
