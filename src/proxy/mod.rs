@@ -147,19 +147,44 @@ fn required_scopes(requirement: &Requirement) -> String {
     }
 }
 
+/// What the access log says about one request, filled in as it goes.
+#[derive(Debug, Default)]
+struct AccessRecord {
+    path: Option<String>,
+    route: Option<usize>,
+    decision: Option<Decision>,
+    subject: Option<Box<str>>,
+}
+
 /// Serves one proxied request: never fails, every error becomes a response.
 pub async fn handle(gateway: &Gateway, request: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let runtime = gateway.runtime();
     let method = request.method().clone();
-    let response = match handle_inner(gateway, &runtime, request, peer).await {
+    let mut record = AccessRecord::default();
+    let response = match handle_inner(gateway, &runtime, request, peer, &mut record).await {
         Ok(response) => response,
-        Err(rejection) => {
-            tracing::debug!(%method, status = rejection.status().as_u16(), error = rejection.code(), "rejected");
-            rejection.to_response().map(Either::Right)
-        }
+        Err(rejection) => rejection.to_response().map(Either::Right),
     };
-    gateway.metrics.observe_latency(started.elapsed());
+    let elapsed = started.elapsed();
+    gateway.metrics.observe_latency(elapsed);
+    if tracing::enabled!(target: "scopegate::access", tracing::Level::INFO) {
+        let route = record
+            .route
+            .and_then(|i| runtime.config.routes.routes().get(i))
+            .map(crate::gateway::route_label);
+        tracing::info!(
+            target: "scopegate::access",
+            peer = %peer.addr,
+            %method,
+            path = record.path.as_deref().unwrap_or("-"),
+            route = route.as_deref().unwrap_or("-"),
+            decision = record.decision.map_or("-", Decision::as_str),
+            status = response.status().as_u16(),
+            subject = record.subject.as_deref().unwrap_or("-"),
+            latency_us = elapsed.as_micros() as u64,
+        );
+    }
     response
 }
 
@@ -168,21 +193,24 @@ async fn handle_inner(
     runtime: &Runtime,
     mut request: Request<Incoming>,
     peer: Peer,
+    record: &mut AccessRecord,
 ) -> Result<Response<Body>, Rejection> {
     let metrics = &gateway.metrics;
     let raw_path = match target_path(request.method(), request.uri()) {
         Ok(p) => p.to_owned(),
         Err(rejection) => {
             metrics.unmatched().record(Decision::InvalidRequest);
+            record.decision = Some(Decision::InvalidRequest);
             return Err(rejection);
         }
     };
     let allowed = match authorize(runtime, request.method(), &raw_path, request.headers()).await {
         Ok(allowed) => allowed,
         Err(denied) => {
-            runtime
-                .counters(denied.route, metrics)
-                .record(denied.decision());
+            let decision = denied.decision();
+            runtime.counters(denied.route, metrics).record(decision);
+            record.decision = Some(decision);
+            record.route = denied.route.map(|r| r.index);
             return Err(denied.rejection);
         }
     };
@@ -194,6 +222,12 @@ async fn handle_inner(
     runtime
         .counters(Some(allowed.route), metrics)
         .record(decision);
+    record.decision = Some(decision);
+    record.route = Some(allowed.route.index);
+    if tracing::enabled!(target: "scopegate::access", tracing::Level::INFO) {
+        record.path = Some(allowed.path.to_string());
+        record.subject = allowed.principal.as_ref().and_then(|p| p.subject.clone());
+    }
 
     let upstream = runtime
         .upstreams
