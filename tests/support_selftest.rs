@@ -508,6 +508,20 @@ async fn upstream_records_raw_requests() {
     assert_eq!(rec.version, "HTTP/1.1");
     assert_eq!(rec.header_all("X-Forwarded-For"), ["10.0.0.1", "10.0.0.2"]);
     assert_eq!(rec.header("x-auth-subject"), Some("forged"));
+    let names: Vec<&str> = rec.raw_headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Host",
+            "X-Forwarded-For",
+            "X-Auth-Subject",
+            "x-forwarded-for",
+            "Content-Length",
+            "Connection"
+        ],
+        "wire order and spelling"
+    );
+    assert_eq!(rec.raw_headers[3].1, "10.0.0.2");
     assert!(!rec.has_header("x-auth-scopes"));
     assert_eq!(rec.body, b"hello");
     assert!(rec.body_complete);
@@ -565,6 +579,11 @@ async fn upstream_keeps_connections_alive_and_records_bodies_as_they_stream() {
     assert_eq!(r.json()["body_len"], 10);
     let rec = up.last().unwrap();
     assert_eq!(rec.body, b"first-half");
+    assert_eq!(rec.raw_headers[0], ("Host".to_owned(), "svc".to_owned()));
+    assert_eq!(
+        up.requests()[0].raw_headers,
+        [("Host".to_owned(), "svc".to_owned())]
+    );
     assert!(rec.body_complete);
     assert_eq!(rec.peer, up.requests()[0].peer, "same connection");
 }

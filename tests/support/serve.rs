@@ -37,6 +37,8 @@ where
     tokio::spawn(async move {
         loop {
             let Ok((stream, _peer)) = listener.accept().await else {
+                // e.g. out of file descriptors: let other tasks run, retry.
+                tokio::task::yield_now().await;
                 continue;
             };
             let _ = stream.set_nodelay(true);

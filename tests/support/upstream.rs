@@ -63,6 +63,10 @@ pub struct RecordedRequest {
     /// name's repeated values together in the order received (hyper's
     /// `HeaderMap` order; raw-mode requests keep exact wire order and case).
     pub headers: Vec<(String, String)>,
+    /// The same headers in exact wire order with their original spelling,
+    /// cut from the bytes read off the socket (empty if the head could not
+    /// be found there, e.g. bare-LF line endings).
+    pub raw_headers: Vec<(String, String)>,
     /// The body received so far (complete once `body_complete`).
     pub body: Vec<u8>,
     pub body_complete: bool,
@@ -244,10 +248,15 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream) {
     if let mode @ (Mode::Reset | Mode::Garbage) = state.mode() {
         return misbehave(&state, stream, peer, mode).await;
     }
-    let service = service_fn(move |req| handle(Arc::clone(&state), peer, req));
+    let tap = Tap::default();
+    let io = TapIo {
+        inner: stream,
+        tap: Arc::clone(&tap),
+    };
+    let service = service_fn(move |req| handle(Arc::clone(&state), peer, Arc::clone(&tap), req));
     let _ = http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
         .await;
 }
@@ -283,7 +292,7 @@ fn parse_raw_head(head: &[u8], peer: SocketAddr) -> Option<RecordedRequest> {
     let method = request_line.next()?.to_owned();
     let target = request_line.next()?.to_owned();
     let version = request_line.next().unwrap_or_default().to_owned();
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
         .collect();
@@ -292,6 +301,7 @@ fn parse_raw_head(head: &[u8], peer: SocketAddr) -> Option<RecordedRequest> {
         path_and_query: target.clone(),
         uri: target,
         version,
+        raw_headers: headers.clone(),
         headers,
         body: Vec::new(),
         body_complete: false,
@@ -304,6 +314,7 @@ type ResBody = BoxBody<Bytes, Infallible>;
 async fn handle(
     state: Arc<State>,
     peer: SocketAddr,
+    tap: Tap,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResBody>, io::Error> {
     let headers: Vec<(String, String)> = req
@@ -327,6 +338,7 @@ async fn handle(
         uri: req.uri().to_string(),
         version: format!("{:?}", req.version()),
         headers: headers.clone(),
+        raw_headers: take_raw_head(&tap, req.method().as_str(), &req.uri().to_string()),
         body: Vec::new(),
         body_complete: false,
         peer,
@@ -481,4 +493,82 @@ impl Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// Every byte read from one connection that no request has claimed yet.
+type Tap = Arc<Mutex<Vec<u8>>>;
+
+/// The socket, copying what it reads into the tap.
+struct TapIo {
+    inner: TcpStream,
+    tap: Tap,
+}
+
+impl tokio::io::AsyncRead for TapIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let new = &buf.filled()[before..];
+            self.tap.lock().expect("lock").extend_from_slice(new);
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for TapIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Finds this request's head in the tap (by its request line), parses its
+/// header lines, and drops everything read up to the head's end.
+fn take_raw_head(tap: &Tap, method: &str, target: &str) -> Vec<(String, String)> {
+    let mut bytes = tap.lock().expect("lock");
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let line = format!("{method} {target} ");
+    let Some(start) =
+        find(&bytes, line.as_bytes()).or_else(|| find(&bytes, format!("{method} ").as_bytes()))
+    else {
+        return Vec::new();
+    };
+    let Some(len) = find(&bytes[start..], b"\r\n\r\n") else {
+        return Vec::new();
+    };
+    let head = String::from_utf8_lossy(&bytes[start..start + len]).into_owned();
+    bytes.drain(..start + len + 4);
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
+        .collect()
 }
