@@ -196,15 +196,17 @@ async fn handle_inner(
     record: &mut AccessRecord,
 ) -> Result<Response<Body>, Rejection> {
     let metrics = &gateway.metrics;
-    let raw_path = match target_path(request.method(), request.uri()) {
-        Ok(p) => p.to_owned(),
+    // Cheap clone (shared bytes): lets the path borrow outlive `&mut request`.
+    let target = request.uri().clone();
+    let raw_path = match target_path(request.method(), &target) {
+        Ok(p) => p,
         Err(rejection) => {
             metrics.unmatched().record(Decision::InvalidRequest);
             record.decision = Some(Decision::InvalidRequest);
             return Err(rejection);
         }
     };
-    let allowed = match authorize(runtime, request.method(), &raw_path, request.headers()).await {
+    let allowed = match authorize(runtime, request.method(), raw_path, request.headers()).await {
         Ok(allowed) => allowed,
         Err(denied) => {
             let decision = denied.decision();
@@ -248,9 +250,8 @@ async fn handle_inner(
         .build()
         .map_err(|_| Rejection::BadRequest("malformed request target"))?;
 
-    let protected: Vec<http::HeaderName> = runtime.identity.names().cloned().collect();
     let h = &mut parts.headers;
-    headers::remove_hop_by_hop(h, upgrade, &protected);
+    headers::remove_hop_by_hop(h, upgrade, runtime.identity.names());
     runtime.identity.strip(h);
     let host = match h.get(HOST) {
         Some(host) => Some(host.clone()),
