@@ -33,7 +33,7 @@ use super::{
 use crate::auth::{
     Algorithm, AuthSettings, ClientAuthMethod, IntrospectionSettings, IssuerSettings,
 };
-use crate::route::{Requirement, RouteSpec, RouteTable};
+use crate::route::{Requirement, RouteError, RouteSpec, RouteTable};
 
 /// hyper's smallest accepted `max_buf_size`.
 pub(crate) const MIN_HEADER_BYTES: u64 = 8192;
@@ -48,6 +48,11 @@ const ALGORITHMS: &[(&str, Algorithm)] = &[
     ("ES256", Algorithm::ES256),
     ("ES384", Algorithm::ES384),
     ("EdDSA", Algorithm::EdDSA),
+];
+
+/// RFC 9110 methods and PATCH; others are accepted with a warning.
+const STANDARD_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
 /// Header names an identity header may not take: hop-by-hop headers, and
@@ -77,7 +82,23 @@ pub(crate) struct Ctx<'a> {
     env_failed: HashSet<Pos>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(file: &str, pos: &'a Positions) -> Ctx<'a> {
+        Ctx {
+            file: file.to_string(),
+            pos,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            env_failed: HashSet::new(),
+        }
+    }
+
+    /// The errors so far, in file order.
+    #[cfg(test)]
+    pub(crate) fn errors(&self) -> Vec<ConfigError> {
+        Ctx::finish(self.errors.clone(), &self.file)
+    }
+
     fn error_at(&mut self, at: Pos, message: impl Into<String>) {
         if !self.env_failed.contains(&at) {
             self.errors.push((at, message.into()));
@@ -120,13 +141,7 @@ pub(crate) fn compile(
         Err(e) => return Err(ConfigErrors(vec![syntax_error(&file, &e)])),
     };
     let positions = Positions::index(text);
-    let mut ctx = Ctx {
-        file,
-        pos: &positions,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-        env_failed: HashSet::new(),
-    };
+    let mut ctx = Ctx::new(&file, &positions);
     substitute_tree(&mut ctx, &mut tree, "", env);
     let raw = deserialize_raw(&mut ctx, tree);
     let config = convert(&mut ctx, raw, path);
@@ -136,12 +151,19 @@ pub(crate) fn compile(
         warnings,
         ..
     } = ctx;
-    if !errors.is_empty() {
-        return Err(ConfigErrors(Ctx::finish(errors, &file)));
+    match config {
+        Some(mut config) if errors.is_empty() => {
+            config.warnings = Ctx::finish(warnings, &file);
+            Ok(config)
+        }
+        _ if errors.is_empty() => Err(ConfigErrors(vec![ConfigError {
+            file,
+            line: 1,
+            col: 1,
+            message: "internal error: the config was rejected without a reason".into(),
+        }])),
+        _ => Err(ConfigErrors(Ctx::finish(errors, &file))),
     }
-    let mut config = config.expect("no errors means a config was built");
-    config.warnings = Ctx::finish(warnings, &file);
-    Ok(config)
 }
 
 fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
@@ -367,6 +389,11 @@ fn read<T: DeserializeOwned>(ctx: &mut Ctx<'_>, prefix: &str, mut v: Value) -> O
             return None;
         }
         let at = path_of(prefix, &steps);
+        let msg = if msg.ends_with("expected a boolean") {
+            format!("{msg}; write `true` or `false`")
+        } else {
+            msg
+        };
         if at.is_empty() {
             ctx.error(&at, msg);
         } else {
@@ -700,11 +727,7 @@ fn convert(ctx: &mut Ctx<'_>, raw: Raw, path: &Path) -> Option<Config> {
     let routes = match RouteTable::build(specs) {
         Ok(t) => Some(t),
         Err(errs) => {
-            for e in errs {
-                let file_index = origin_of_spec.get(e.index).copied().unwrap_or(e.index);
-                let p = item("routes", file_index);
-                ctx.error(&p, format!("{p}: {}", e.message));
-            }
+            place_route_errors(ctx, &errs, &origin_of_spec);
             None
         }
     };
@@ -733,6 +756,20 @@ fn convert(ctx: &mut Ctx<'_>, raw: Raw, path: &Path) -> Option<Config> {
         routes: routes?,
         warnings: Vec::new(),
     })
+}
+
+/// `RouteTable::build` errors, each at its route in the file. `origin[i]` is
+/// the file index of spec `i` (routes with errors were not handed over, so the
+/// two can differ). For a conflict, `RouteError.index` is the later route.
+pub(crate) fn place_route_errors(ctx: &mut Ctx<'_>, errs: &[RouteError], origin: &[usize]) {
+    for e in errs {
+        let file_index = origin.get(e.index).copied().unwrap_or(e.index);
+        let p = item("routes", file_index);
+        ctx.error(&p, format!("{p}: {}", e.message));
+    }
+    if errs.is_empty() {
+        ctx.error("routes", "routes: the route table could not be built");
+    }
 }
 
 /// Two listeners that cannot both bind.
@@ -1066,8 +1103,17 @@ fn methods(ctx: &mut Ctx<'_>, p: &str, raw: Option<&[String]>) -> Option<Option<
             let ip = item(&path, i);
             ctx.error(&ip, format!("{ip}: `{m}` is not an HTTP method"));
             ok = false;
-        } else if !out.contains(&up) {
-            out.push(up);
+        } else {
+            if !STANDARD_METHODS.contains(&up.as_str()) {
+                let ip = item(&path, i);
+                ctx.warn(
+                    &ip,
+                    format!("{ip}: `{up}` is not a standard HTTP method (a typo?)"),
+                );
+            }
+            if !out.contains(&up) {
+                out.push(up);
+            }
         }
     }
     ok.then_some(Some(out))

@@ -513,7 +513,7 @@ fn errors_are_reported_at_their_position() {
                 "  - {path: /x, methods: GET}",
             ]),
             vec![
-                "4:13: routes[0].public: invalid type: string \"yes\", expected a boolean",
+                "4:13: routes[0].public: invalid type: string \"yes\", expected a boolean; write `true` or `false`",
                 "5:5: routes[1]: missing key `path`",
                 "6:25: routes[2].methods: invalid type: string \"GET\", expected a sequence",
             ],
@@ -718,5 +718,58 @@ fn json_schema_names_every_top_level_key() {
     assert_eq!(
         schema["additionalProperties"],
         serde_json::Value::Bool(false)
+    );
+}
+
+#[test]
+fn route_table_errors_land_on_the_route_in_the_file() {
+    use super::compile::{place_route_errors, Ctx};
+    use super::positions::Positions;
+    use crate::route::RouteError;
+    let text = y(&[
+        "routes:",
+        "  - path: /a",
+        "    scope: [typo]", // not handed to RouteTable::build
+        "  - path: /b",
+        "  - path: /a",
+    ]);
+    let positions = Positions::index(&text);
+    let mut ctx = Ctx::new("routes.yaml", &positions);
+    // Specs 0 and 1 are the file's routes 1 and 2 (route 0 had an error).
+    let errs = [
+        RouteError {
+            index: 1,
+            message: "conflicts with routes[0] (same pattern, overlapping methods)".into(),
+        },
+        RouteError {
+            index: 0,
+            message: "bad pattern".into(),
+        },
+    ];
+    place_route_errors(&mut ctx, &errs, &[1, 2]);
+    let got: Vec<String> = ctx.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "routes.yaml:4:5: routes[1]: bad pattern",
+            "routes.yaml:5:5: routes[2]: conflicts with routes[0] (same pattern, overlapping methods)",
+        ]
+    );
+}
+
+#[test]
+fn odd_methods_are_accepted_with_a_warning() {
+    let c = load_test(&y(&[
+        "upstream: http://127.0.0.1:1",
+        "routes:",
+        "  - path: /h",
+        "    public: true",
+        "    methods: [GET, PROPFIND]",
+    ]))
+    .unwrap();
+    let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        ["routes.yaml:5:20: routes[0].methods[1]: `PROPFIND` is not a standard HTTP method (a typo?)"]
     );
 }
