@@ -539,7 +539,7 @@ fn url(ctx: &mut Ctx<'_>, path: &str, text: &str, usage: UrlUse) -> Option<http:
     }
 }
 
-/// `[a, b]` of non-empty texts; `what` names the list in messages.
+/// A non-empty list of non-empty texts, deduplicated; `empty_hint` ends the message for `[]`.
 fn text_list(ctx: &mut Ctx<'_>, path: &str, list: &[RawText], empty_hint: &str) -> Vec<String> {
     if list.is_empty() {
         ctx.error(path, format!("{path}: must not be empty; {empty_hint}"));

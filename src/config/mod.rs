@@ -3,18 +3,24 @@
 //! # Pipeline
 //!
 //! text -> serde_yaml `Value` -> `${NAME}` substituted in string values ->
-//! raw serde structs ([`raw`], `deny_unknown_fields`, mirroring the contract's
-//! keys) -> checked and converted ([`compile`]) -> `RouteTable::build`.
-//! A second parse with yaml-rust2 ([`positions`]) maps key paths such as
+//! raw serde structs (`raw.rs`, `deny_unknown_fields`, mirroring the contract's
+//! keys) -> checked and converted (`compile.rs`) -> `RouteTable::build`.
+//! A second parse with yaml-rust2 (`positions.rs`) maps key paths such as
 //! `routes[3].path` to 1-based lines and columns for every semantic error.
+//! [`describe()`] renders a compiled config for `scopegate check`;
+//! [`json_schema`] is generated from the raw structs (schemars), so the schema
+//! and the loader cannot disagree about which keys exist.
 //!
 //! # Design decisions
 //!
 //! - **Every error, in file order.** The raw structs are deserialized
-//!   piecewise (each top-level key, each issuer, each route), so an unknown key
-//!   in one route does not hide a bad duration in another. Within one route or
-//!   one section, serde stops at the first problem; the semantic checks after
-//!   that report everything. A YAML syntax error stops the load (one error).
+//!   piecewise (the top-level map, each issuer, each route), and after each
+//!   serde error the offending key is dropped and deserialization retried, so
+//!   every unknown key and every badly typed value is reported, not only
+//!   serde's first; the semantic checks then run on what was read. A route
+//!   that had such an error is checked on its own but left out of cross-route
+//!   checks (conflicts, "needs an issuer"), which a dropped key could fake.
+//!   A YAML syntax error stops the load (one error, at serde_yaml's location).
 //!   Errors are sorted by position; an error at a value whose `${NAME}`
 //!   failed is not repeated.
 //! - **Positions.** serde errors come with a key path (serde_path_to_error);
@@ -60,7 +66,10 @@
 //! - **Files** (`tls.cert`, `tls.key`, `ca_file`) are not opened here: the
 //!   loader is pure so it is testable without files; the server reports
 //!   unreadable files at startup.
-//! - **No routes** is a warning, not an error.
+//! - **Warnings** (in [`Config::warnings`], the load still succeeds): plain
+//!   http:// to a non-loopback IdP, a method outside RFC 9110 + PATCH (a
+//!   typo?), and no routes at all (every request gets 404 — fail-closed, so
+//!   not an error; debouncing half-written files is the watcher's job).
 
 mod compile;
 mod describe;
