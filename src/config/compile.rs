@@ -70,6 +70,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "authorization",
     "content-length",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
 ];
 
 /// Collects errors and warnings, each at a position.

@@ -467,6 +467,7 @@ fn errors_are_reported_at_their_position() {
                 "    X-Auth Subject: sub",
                 "    Authorization: sub",
                 "    Connection: sub",
+                "    X-Forwarded-For: sub",
                 "    X-A: sub",
                 "    x_a: sub",
             ]),
@@ -474,7 +475,8 @@ fn errors_are_reported_at_their_position() {
                 "3:5: forward.identity_headers: `X-Auth Subject` is not a valid HTTP header name",
                 "4:5: `Authorization` cannot be an identity header",
                 "5:5: `Connection` cannot be an identity header",
-                "7:5: `x_a` is listed twice",
+                "6:5: `X-Forwarded-For` cannot be an identity header",
+                "8:5: `x_a` is listed twice",
             ],
         ),
         // CIDRs and listeners.
@@ -771,5 +773,16 @@ fn odd_methods_are_accepted_with_a_warning() {
     assert_eq!(
         w,
         ["routes.yaml:5:20: routes[0].methods[1]: `PROPFIND` is not a standard HTTP method (a typo?)"]
+    );
+}
+
+#[test]
+fn a_missing_env_var_in_the_contract_example_is_one_error_at_the_string() {
+    let errs =
+        from_yaml_with_env(CONTRACT_EXAMPLE, Path::new("routes.yaml"), &|_| None).unwrap_err();
+    let got: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        ["routes.yaml:21:18: environment variable `SG_TEST_SECRET_FULL_EXAMPLE_7F3A` is not set"]
     );
 }
