@@ -393,6 +393,11 @@ fn read<T: DeserializeOwned>(ctx: &mut Ctx<'_>, prefix: &str, mut v: Value) -> O
             return None;
         }
         let at = path_of(prefix, &steps);
+        // serde names the raw struct it expected; say what it means instead.
+        let msg = match msg.find("expected struct Raw") {
+            Some(i) => format!("{}expected a mapping of keys", &msg[..i]),
+            None => msg,
+        };
         let msg = if msg.ends_with("expected a boolean") {
             format!("{msg}; write `true` or `false`")
         } else {

@@ -51,6 +51,7 @@ pub(crate) struct RawConfig {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tls")]
 pub(crate) struct RawTls {
     /// PEM certificate chain.
     pub(crate) cert: String,
@@ -60,6 +61,7 @@ pub(crate) struct RawTls {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Issuer")]
 pub(crate) struct RawIssuer {
     /// Must equal the token's `iss` exactly.
     pub(crate) issuer: String,
@@ -78,6 +80,7 @@ pub(crate) struct RawIssuer {
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "AuthMethod")]
 pub(crate) enum RawAuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
@@ -85,6 +88,7 @@ pub(crate) enum RawAuthMethod {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Introspection")]
 pub(crate) struct RawIntrospection {
     pub(crate) endpoint: String,
     pub(crate) client_id: RawText,
@@ -101,6 +105,7 @@ pub(crate) struct RawIntrospection {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Timeouts")]
 pub(crate) struct RawTimeouts {
     /// One discovery / JWKS / introspection request. Default `5s`.
     pub(crate) idp: Option<RawDuration>,
@@ -116,6 +121,7 @@ pub(crate) struct RawTimeouts {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Limits")]
 pub(crate) struct RawLimits {
     /// Larger request headers get 431. Default 65536, at least 8192.
     pub(crate) max_header_bytes: Option<u64>,
@@ -125,6 +131,7 @@ pub(crate) struct RawLimits {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Forward")]
 pub(crate) struct RawForward {
     /// Drop the Authorization header before forwarding. Default false.
     #[serde(default)]
@@ -135,6 +142,7 @@ pub(crate) struct RawForward {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ForwardAuth")]
 pub(crate) struct RawForwardAuth {
     /// Its own listener, `IP:PORT`.
     pub(crate) listen: String,
@@ -144,6 +152,7 @@ pub(crate) struct RawForwardAuth {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub(crate) struct RawRoute {
     /// Path pattern: literal segments, `{name}`, a final `**`.
     pub(crate) path: String,

@@ -521,6 +521,13 @@ fn errors_are_reported_at_their_position() {
             ],
         ),
         (y(&["routes: {path: /a}"]), vec!["1:9: `routes` must be a list"]),
+        (
+            y(&["routes: [\"/a\"]", "tls: /etc/tls.pem"]),
+            vec![
+                "1:10: routes[0]: invalid type: string \"/a\", expected a mapping of keys",
+                "2:6: tls: invalid type: string \"/etc/tls.pem\", expected a mapping of keys",
+            ],
+        ),
         (y(&["forward_auth: {}"]), vec!["1:15: forward_auth: missing key `listen`"]),
         // One section, one route: every problem in it, not only serde's first.
         (
