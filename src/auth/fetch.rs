@@ -123,7 +123,6 @@ impl IdpClient {
         Ok(fetched.body)
     }
 
-    #[allow(dead_code)] // used by introspection (next commit)
     /// POST a form body; the caller judges the status.
     pub(crate) async fn post_form(
         &self,

@@ -2,11 +2,12 @@
 //! No inbound HTTP types here; the proxy hands over the bare token string.
 //!
 //! Code map: `jwt` (form, header, signature, claims), `jwks` (key sets per
-//! issuer: fetch, cache, single-flight refetch, readiness), `fetch` (the
-//! HTTP(S) client for the IdP), `token_cache` (SHA-256(token) -> claims),
-//! `metrics` (counters).
+//! issuer: fetch, cache, single-flight refetch, readiness), `introspect`
+//! (RFC 7662 for opaque tokens), `fetch` (the HTTP(S) client for the IdP),
+//! `token_cache` (SHA-256(token) -> claims), `metrics` (counters).
 
 mod fetch;
+mod introspect;
 mod jwks;
 mod jwt;
 mod metrics;
@@ -27,6 +28,7 @@ pub use fetch::ClientSetupError;
 pub use metrics::AuthMetrics;
 
 use fetch::IdpClient;
+use introspect::Introspector;
 use jwks::{IssuerKeys, KeySet, KeySets, Lookup, Tuning};
 use metrics::Counters;
 use token_cache::{now_unix, token_hash, Cached, TokenCache};
@@ -140,6 +142,7 @@ pub enum VerifierSetupError {
 pub struct Verifier {
     settings: AuthSettings,
     key_sets: KeySets,
+    introspector: Option<Introspector>,
     cache: TokenCache,
     counters: Arc<Counters>,
 }
@@ -198,8 +201,12 @@ impl Verifier {
                 ))
             })
             .collect();
+        let introspector = settings.introspection.clone().map(|s| {
+            Introspector::new(s, Arc::clone(&client), Arc::clone(&counters))
+        });
         Ok(Arc::new(Verifier {
             key_sets: KeySets { issuers },
+            introspector,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
             counters,
             settings,
@@ -238,7 +245,10 @@ impl Verifier {
 
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         if !jwt::looks_like_jwt(token) {
-            return Err(AuthError::InvalidToken("not a JWT"));
+            return match &self.introspector {
+                Some(introspector) => introspector.verify(&self.cache, token).await,
+                None => Err(AuthError::InvalidToken("not a JWT")),
+            };
         }
         self.verify_jwt(token).await
     }
@@ -312,6 +322,7 @@ impl Verifier {
                 hash,
                 Cached {
                     principal: Some(Arc::clone(&principal)),
+                    rejection: "",
                     until: principal.expires_at,
                     verified_with: Some(Arc::downgrade(&set)),
                 },

@@ -29,6 +29,8 @@ pub(crate) fn now_unix() -> u64 {
 pub(crate) struct Cached {
     /// `None`: the token is known inactive (introspection only).
     pub(crate) principal: Option<Arc<Principal>>,
+    /// Why, when `principal` is `None`.
+    pub(crate) rejection: &'static str,
     /// Unix seconds after which this entry must not be served.
     pub(crate) until: u64,
     /// JWT only: the key set that verified it. When the issuer's current set
@@ -87,7 +89,6 @@ impl TokenCache {
 
     /// Single-flight read-through: concurrent callers with one key share `init`.
     /// Errors are handed to every waiter and not cached.
-    #[allow(dead_code)] // used by introspection (next commit)
     pub(crate) async fn get_or_try_insert<E, F>(
         &self,
         key: TokenHash,

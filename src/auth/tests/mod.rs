@@ -1,5 +1,6 @@
 //! Verifier tests with real parts: generated keys, signed tokens, a loopback IdP.
 
+mod introspect;
 mod support;
 
 use std::sync::Arc;

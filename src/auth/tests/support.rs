@@ -152,7 +152,6 @@ impl Reply {
     }
 }
 
-#[allow(dead_code)] // used by introspection (next commit)
 /// A request as the fake IdP saw it.
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
@@ -224,8 +223,7 @@ impl Idp {
         *self.state.hits.lock().unwrap().get(path).unwrap_or(&0)
     }
 
-    #[allow(dead_code)] // used by introspection (next commit)
-    pub(crate) fn seen(&self) -> Vec<Seen> {
+        pub(crate) fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
 
