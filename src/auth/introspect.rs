@@ -77,7 +77,9 @@ impl Introspector {
         let hash = token_hash(token);
         let cached = match cache.get(&hash).await {
             Some(hit) => {
-                self.counters.token_cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .token_cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
                 hit
             }
             None => {
@@ -118,7 +120,11 @@ impl Introspector {
                 None
             }
         };
-        let answer = match self.client.post_form(&s.endpoint, form, authorization).await {
+        let answer = match self
+            .client
+            .post_form(&s.endpoint, form, authorization)
+            .await
+        {
             Ok(answer) => answer,
             Err(err) => {
                 tracing::warn!(endpoint = %s.endpoint, error = %err, "introspection failed");
@@ -126,7 +132,10 @@ impl Introspector {
             }
         };
         if answer.status != StatusCode::OK {
-            if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            if matches!(
+                answer.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
                 tracing::error!(endpoint = %s.endpoint, status = %answer.status,
                     "the introspection endpoint rejects our client credentials");
             } else {
@@ -143,8 +152,14 @@ impl Introspector {
         };
         let result = self.judge(doc, now_unix());
         match &result {
-            Ok(_) => self.counters.introspection_ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.counters.introspection_error.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => self
+                .counters
+                .introspection_ok
+                .fetch_add(1, Ordering::Relaxed),
+            Err(_) => self
+                .counters
+                .introspection_error
+                .fetch_add(1, Ordering::Relaxed),
         };
         result
     }
@@ -240,6 +255,10 @@ mod tests {
         let ttl = Duration::from_secs(60);
         assert_eq!(cache_until(None, 1000, ttl), 1060);
         assert_eq!(cache_until(Some(1010), 1000, ttl), 1010, "never past exp");
-        assert_eq!(cache_until(Some(5000), 1000, ttl), 1060, "at most cache_ttl");
+        assert_eq!(
+            cache_until(Some(5000), 1000, ttl),
+            1060,
+            "at most cache_ttl"
+        );
     }
 }

@@ -201,9 +201,10 @@ impl Verifier {
                 ))
             })
             .collect();
-        let introspector = settings.introspection.clone().map(|s| {
-            Introspector::new(s, Arc::clone(&client), Arc::clone(&counters))
-        });
+        let introspector = settings
+            .introspection
+            .clone()
+            .map(|s| Introspector::new(s, Arc::clone(&client), Arc::clone(&counters)));
         Ok(Arc::new(Verifier {
             key_sets: KeySets { issuers },
             introspector,

@@ -60,11 +60,22 @@ async fn basic_auth_request_and_cached_answer() {
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
     assert_eq!(req.path, "/introspect");
-    assert_eq!(req.body, format!("token={TOKEN}&token_type_hint=access_token"));
-    let auth = req.headers.iter().find(|(k, _)| k == "authorization").unwrap();
+    assert_eq!(
+        req.body,
+        format!("token={TOKEN}&token_type_hint=access_token")
+    );
+    let auth = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .unwrap();
     let expected = STANDARD.encode("scope+gate:p%40ss%3Aw%2Frd");
     assert_eq!(auth.1, format!("Basic {expected}"));
-    let ct = req.headers.iter().find(|(k, _)| k == "content-type").unwrap();
+    let ct = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .unwrap();
     assert_eq!(ct.1, "application/x-www-form-urlencoded");
 
     let again = v.verify(TOKEN).await.unwrap();
@@ -92,16 +103,32 @@ async fn answers_that_rule_the_token_out() {
     let cases = [
         ("inactive", json!({"active": false}), "token inactive"),
         ("expired", json!({"exp": now - 1}), "token expired"),
-        ("wrong iss", json!({"iss": "https://evil.example"}), "unknown issuer"),
+        (
+            "wrong iss",
+            json!({"iss": "https://evil.example"}),
+            "unknown issuer",
+        ),
         ("wrong aud", json!({"aud": ["billing"]}), "wrong audience"),
     ];
     for (name, patch, why) in cases {
         let (idp, v) = setup(ClientAuthMethod::ClientSecretBasic).await;
-        let answer = if name == "inactive" { patch } else { with(&active(), patch) };
+        let answer = if name == "inactive" {
+            patch
+        } else {
+            with(&active(), patch)
+        };
         idp.set("/introspect", Reply::json(answer));
-        assert_eq!(v.verify(TOKEN).await.map(|_| ()), Err(AuthError::InvalidToken(why)), "{name}");
+        assert_eq!(
+            v.verify(TOKEN).await.map(|_| ()),
+            Err(AuthError::InvalidToken(why)),
+            "{name}"
+        );
         // Remembered briefly: no second request.
-        assert_eq!(v.verify(TOKEN).await.map(|_| ()), Err(AuthError::InvalidToken(why)), "{name}");
+        assert_eq!(
+            v.verify(TOKEN).await.map(|_| ()),
+            Err(AuthError::InvalidToken(why)),
+            "{name}"
+        );
         assert_eq!(idp.hits("/introspect"), 1, "{name}");
     }
 }
@@ -125,7 +152,10 @@ async fn iss_and_aud_are_checked_only_when_both_sides_have_them() {
     i.audiences = None;
     s.introspection = Some(i);
     let v = Verifier::new(s).unwrap();
-    idp.set("/introspect", Reply::json(with(&active(), json!({"iss": "x", "aud": "y"}))));
+    idp.set(
+        "/introspect",
+        Reply::json(with(&active(), json!({"iss": "x", "aud": "y"}))),
+    );
     assert!(v.verify(TOKEN).await.is_ok());
 }
 
@@ -139,11 +169,28 @@ async fn endpoint_trouble_is_unavailable_and_not_cached() {
     let cases = [
         ("our credentials rejected", Reply::status(401)),
         ("server error", Reply::status(500)),
-        ("not json", Reply { status: 200, body: "active=true".into(), delay: Duration::ZERO }),
-        ("json array", Reply { status: 200, body: "[true]".into(), delay: Duration::ZERO }),
+        (
+            "not json",
+            Reply {
+                status: 200,
+                body: "active=true".into(),
+                delay: Duration::ZERO,
+            },
+        ),
+        (
+            "json array",
+            Reply {
+                status: 200,
+                body: "[true]".into(),
+                delay: Duration::ZERO,
+            },
+        ),
         ("no active", Reply::json(json!({"scope": "a"}))),
         ("active as string", Reply::json(json!({"active": "true"}))),
-        ("exp as string", Reply::json(with(&active(), json!({"exp": "soon"})))),
+        (
+            "exp as string",
+            Reply::json(with(&active(), json!({"exp": "soon"}))),
+        ),
         ("slow", slow),
     ];
     for (name, reply) in cases {
@@ -152,7 +199,10 @@ async fn endpoint_trouble_is_unavailable_and_not_cached() {
         let r = v.verify(TOKEN).await;
         assert!(unavailable(&r), "{name}: {r:?}");
         idp.set("/introspect", Reply::json(active()));
-        assert!(v.verify(TOKEN).await.is_ok(), "{name}: the failure was not cached");
+        assert!(
+            v.verify(TOKEN).await.is_ok(),
+            "{name}: the failure was not cached"
+        );
         assert_eq!(idp.hits("/introspect"), 2, "{name}");
     }
 }

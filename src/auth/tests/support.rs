@@ -223,7 +223,7 @@ impl Idp {
         *self.state.hits.lock().unwrap().get(path).unwrap_or(&0)
     }
 
-        pub(crate) fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
 
