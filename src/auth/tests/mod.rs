@@ -657,33 +657,25 @@ async fn bad_jwks_answers_keep_the_last_good_set() {
         "x".repeat(2 * 1024 * 1024)
     );
     let bad = [
-        (
-            "not json",
-            Reply {
-                status: 200,
-                body: "<html>".into(),
-                delay: Duration::ZERO,
-            },
-        ),
+        ("not json", Reply::raw("<html>")),
         ("no keys", Reply::json(json!({"kid": "k1"}))),
         (
             "only broken keys",
             Reply::json(json!({"keys": [{"kty": "RSA", "n": "!"}]})),
         ),
+        ("too large", Reply::raw(big.clone())),
         (
-            "too large",
+            "too large, no content-length",
             Reply {
-                status: 200,
-                body: big,
-                delay: Duration::ZERO,
+                unsized_body: true,
+                ..Reply::raw(big)
             },
         ),
         (
             "too slow",
             Reply {
-                status: 200,
-                body: json!({"keys": []}).to_string(),
                 delay: Duration::from_secs(3),
+                ..Reply::json(json!({"keys": []}))
             },
         ),
     ];

@@ -133,21 +133,26 @@ pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) body: String,
     pub(crate) delay: Duration,
+    /// Send no content-length: the body ends when the connection closes.
+    pub(crate) unsized_body: bool,
 }
 
 impl Reply {
-    pub(crate) fn json(body: Value) -> Reply {
+    pub(crate) fn raw(body: impl Into<String>) -> Reply {
         Reply {
             status: 200,
-            body: body.to_string(),
+            body: body.into(),
             delay: Duration::ZERO,
+            unsized_body: false,
         }
+    }
+    pub(crate) fn json(body: Value) -> Reply {
+        Reply::raw(body.to_string())
     }
     pub(crate) fn status(status: u16) -> Reply {
         Reply {
             status,
-            body: "{}".into(),
-            delay: Duration::ZERO,
+            ..Reply::raw("{}")
         }
     }
 }
@@ -306,11 +311,14 @@ async fn serve_one(mut stream: tokio::net::TcpStream, state: Arc<IdpState>) {
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    let length = if reply.unsized_body {
+        String::new()
+    } else {
+        format!("content-length: {}\r\n", reply.body.len())
+    };
     let out = format!(
-        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-        reply.status,
-        reply.body.len(),
-        reply.body
+        "HTTP/1.1 {} X\r\ncontent-type: application/json\r\n{length}connection: close\r\n\r\n{}",
+        reply.status, reply.body
     );
     let _ = stream.write_all(out.as_bytes()).await;
     let _ = stream.shutdown().await;
