@@ -279,31 +279,29 @@ impl Verifier {
         parsed.check_header_for(&issuer.settings)?;
 
         let kid = parsed.kid.as_deref();
-        let mut refetched = false;
-        let set = loop {
-            let current = issuer.current();
-            let lookup = current
-                .as_deref()
-                .map(|set| set.find(kid, parsed.alg, &parsed.alg_name));
-            match lookup {
-                Some(Lookup::Found(_)) => break current.unwrap_or_default(),
-                Some(Lookup::Unusable) => {
-                    return Err(AuthError::InvalidToken("algorithm does not fit the key"))
-                }
-                Some(Lookup::Ambiguous) => return Err(AuthError::InvalidToken("kid required")),
-                Some(Lookup::Missing) | None if !refetched => {
-                    refetched = true;
-                    issuer.refetch_for_unknown_kid().await;
-                }
-                Some(Lookup::Missing) | None => {
-                    return Err(if issuer.last_fetch_ok() {
-                        AuthError::InvalidToken("unknown key")
-                    } else {
-                        AuthError::Unavailable {
+        let find = |set: &KeySet| match set.find(kid, parsed.alg, &parsed.alg_name) {
+            Lookup::Found(_) => Ok(true),
+            Lookup::Missing => Ok(false),
+            Lookup::Unusable => Err(AuthError::InvalidToken("algorithm does not fit the key")),
+            Lookup::Ambiguous => Err(AuthError::InvalidToken("kid required")),
+        };
+        // The hot path: the current set holds the key. Otherwise one
+        // (rate-limited, shared) refetch, then decide.
+        let set = match issuer.current() {
+            Some(set) if find(&set)? => set,
+            _ => {
+                issuer.refetch_for_unknown_kid().await;
+                match issuer.current() {
+                    Some(set) if find(&set)? => set,
+                    _ if issuer.last_fetch_ok() => {
+                        return Err(AuthError::InvalidToken("unknown key"))
+                    }
+                    _ => {
+                        return Err(AuthError::Unavailable {
                             reason: "issuer keys unavailable",
                             retry_after: issuer.retry_after(),
-                        }
-                    });
+                        })
+                    }
                 }
             }
         };
