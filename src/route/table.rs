@@ -505,3 +505,503 @@ fn parse_methods(methods: Option<&[String]>) -> Result<MethodSet, Vec<String>> {
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec from one line: `"GET,POST /api/x"`, `"[] /x"` (empty list) or
+    /// `"/api/**"` (every method).
+    fn spec(line: &str) -> RouteSpec {
+        let (methods, path) = match line.rsplit_once(' ') {
+            None => (None, line),
+            Some(("[]", path)) => (Some(Vec::new()), path),
+            Some((methods, path)) => (Some(methods.split(',').map(str::to_owned).collect()), path),
+        };
+        RouteSpec {
+            path: path.to_owned(),
+            methods,
+            requirement: Requirement::AnyToken,
+            upstream: 0,
+        }
+    }
+
+    fn build(lines: &[&str]) -> Result<RouteTable, Vec<RouteError>> {
+        RouteTable::build(lines.iter().map(|l| spec(l)).collect())
+    }
+
+    /// Builds the table in file order and in reverse order, and checks that
+    /// each `(method, path)` gets the route at the expected position of
+    /// `lines` (`None`: no route) both times.
+    fn check(lines: &[&str], cases: &[(&str, &str, Option<usize>)]) {
+        let forward = build(lines).expect("table builds");
+        let mut reversed_lines = lines.to_vec();
+        reversed_lines.reverse();
+        let reversed = build(&reversed_lines).expect("reversed table builds");
+        let n = lines.len();
+        for &(method, path, expected) in cases {
+            let got = forward.lookup(method, path).map(|r| r.index);
+            assert_eq!(
+                got.map(|i| lines[i]),
+                expected.map(|i| lines[i]),
+                "{method} {path}"
+            );
+            let got = reversed.lookup(method, path).map(|r| n - 1 - r.index);
+            assert_eq!(
+                got.map(|i| lines[i]),
+                expected.map(|i| lines[i]),
+                "{method} {path} (routes in reverse order)"
+            );
+        }
+    }
+
+    /// Checks that building `lines` fails with exactly these `(index, message)` errors.
+    fn check_errors(lines: &[&str], expected: &[(usize, &str)]) {
+        let errors = build(lines).expect_err("table must not build");
+        let got: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.index, e.message.as_str()))
+            .collect();
+        assert_eq!(got, expected, "errors for {lines:?}");
+    }
+
+    #[test]
+    fn literal_routes_match_exactly() {
+        check(
+            &["/healthz", "/api/messages", "/"],
+            &[
+                ("GET", "/healthz", Some(0)),
+                ("GET", "/api/messages", Some(1)),
+                ("GET", "/", Some(2)),
+                ("GET", "/api", None),
+                ("GET", "/api/messages/1", None),
+                ("GET", "/healthzz", None),
+                ("GET", "/Healthz", None),
+                ("GET", "/api/Messages", None),
+                ("GET", "", None),
+                ("GET", "healthz", None),
+            ],
+        );
+    }
+
+    #[test]
+    fn params_match_one_non_empty_segment() {
+        check(
+            &["/api/messages/{id}", "/users/{user}/posts/{post_id}"],
+            &[
+                ("GET", "/api/messages/42", Some(0)),
+                ("GET", "/api/messages/%C3%A9", Some(0)),
+                ("GET", "/api/messages/42/", Some(0)),
+                ("GET", "/api/messages", None),
+                ("GET", "/api/messages/", None),
+                ("GET", "/api/messages/42/x", None),
+                ("GET", "/users/u1/posts/p1", Some(1)),
+                ("GET", "/users/u1/posts", None),
+                ("GET", "/users/u1/comments/p1", None),
+            ],
+        );
+    }
+
+    #[test]
+    fn glob_matches_its_prefix_and_everything_below() {
+        check(
+            &["/api/**", "/**"],
+            &[
+                ("GET", "/api", Some(0)),
+                ("GET", "/api/", Some(0)),
+                ("GET", "/api/a", Some(0)),
+                ("GET", "/api/a/b/c", Some(0)),
+                ("GET", "/apix", Some(1)),
+                ("GET", "/", Some(1)),
+                ("GET", "/other/x", Some(1)),
+            ],
+        );
+        check(
+            &["/api/**"],
+            &[
+                ("GET", "/", None),
+                ("GET", "/ap", None),
+                ("GET", "/x/api", None),
+            ],
+        );
+    }
+
+    #[test]
+    fn trailing_slash_does_not_change_the_match() {
+        check(
+            &["/api/messages", "/api/items/", "/a/{x}/"],
+            &[
+                ("GET", "/api/messages/", Some(0)),
+                ("GET", "/api/messages", Some(0)),
+                ("GET", "/api/items", Some(1)),
+                ("GET", "/api/items/", Some(1)),
+                ("GET", "/a/1", Some(2)),
+                ("GET", "/a/1/", Some(2)),
+            ],
+        );
+    }
+
+    #[test]
+    fn most_specific_wins_regardless_of_order() {
+        check(
+            &[
+                "/**",
+                "/api/**",
+                "/api/{section}/**",
+                "/api/messages/**",
+                "/api/messages",
+                "/api/messages/{id}",
+                "/api/messages/latest",
+                "/api/{section}/latest",
+                "/api/{section}",
+            ],
+            &[
+                ("GET", "/x", Some(0)),
+                ("GET", "/api", Some(1)),
+                ("GET", "/api/", Some(1)),
+                ("GET", "/api/orders", Some(8)),
+                ("GET", "/api/orders/latest", Some(7)),
+                ("GET", "/api/orders/1", Some(2)),
+                ("GET", "/api/orders/1/2", Some(2)),
+                ("GET", "/api/messages", Some(4)),
+                ("GET", "/api/messages/7", Some(5)),
+                ("GET", "/api/messages/latest", Some(6)),
+                ("GET", "/api/messages/7/edit", Some(3)),
+            ],
+        );
+    }
+
+    #[test]
+    fn literal_beats_param_even_when_deeper_glob_would_match() {
+        // Compared from the left: `/a/b/**` (literal, literal, glob) beats
+        // `/a/{x}/c` (literal, param, literal) for `/a/b/c`.
+        check(
+            &["/a/{x}/c", "/a/b/**"],
+            &[
+                ("GET", "/a/b/c", Some(1)),
+                ("GET", "/a/z/c", Some(0)),
+                ("GET", "/a/z/d", None),
+            ],
+        );
+    }
+
+    #[test]
+    fn backtracks_out_of_a_literal_subtree() {
+        check(
+            &["/a/b/c", "/a/{x}/d", "/a/**"],
+            &[
+                ("GET", "/a/b/d", Some(1)),
+                ("GET", "/a/b/c", Some(0)),
+                ("GET", "/a/b/e", Some(2)),
+                ("GET", "/a/b", Some(2)),
+            ],
+        );
+    }
+
+    #[test]
+    fn exact_route_beats_glob_on_its_prefix() {
+        check(
+            &["/a/**", "/a"],
+            &[
+                ("GET", "/a", Some(1)),
+                ("GET", "/a/", Some(1)),
+                ("GET", "/a/b", Some(0)),
+            ],
+        );
+        check(
+            &["/**", "/"],
+            &[("GET", "/", Some(1)), ("GET", "/x", Some(0))],
+        );
+    }
+
+    #[test]
+    fn get_covers_head_but_not_the_reverse() {
+        check(
+            &["GET /get", "HEAD /head", "GET,HEAD /both"],
+            &[
+                ("GET", "/get", Some(0)),
+                ("HEAD", "/get", Some(0)),
+                ("POST", "/get", None),
+                ("HEAD", "/head", Some(1)),
+                ("GET", "/head", None),
+                ("GET", "/both", Some(2)),
+                ("HEAD", "/both", Some(2)),
+            ],
+        );
+    }
+
+    #[test]
+    fn methods_are_case_sensitive_and_extension_methods_work() {
+        check(
+            &["GET,PURGE /cache", "/any"],
+            &[
+                ("PURGE", "/cache", Some(0)),
+                ("GET", "/cache", Some(0)),
+                ("get", "/cache", None),
+                ("purge", "/cache", None),
+                ("BREW", "/cache", None),
+                ("BREW", "/any", Some(1)),
+                ("get", "/any", Some(1)),
+            ],
+        );
+    }
+
+    #[test]
+    fn falls_back_to_a_less_specific_route_that_allows_the_method() {
+        check(
+            &[
+                "GET /api/messages",
+                "/api/**",
+                "PUT,DELETE /api/messages/{id}",
+            ],
+            &[
+                ("GET", "/api/messages", Some(0)),
+                ("HEAD", "/api/messages", Some(0)),
+                ("POST", "/api/messages", Some(1)),
+                ("PUT", "/api/messages/1", Some(2)),
+                ("GET", "/api/messages/1", Some(1)),
+            ],
+        );
+        check(
+            &["GET /a/b", "POST /a/{x}", "DELETE /a/**"],
+            &[
+                ("GET", "/a/b", Some(0)),
+                ("POST", "/a/b", Some(1)),
+                ("DELETE", "/a/b", Some(2)),
+                ("PUT", "/a/b", None),
+            ],
+        );
+    }
+
+    #[test]
+    fn equal_patterns_prefer_the_route_naming_methods() {
+        check(
+            &[
+                "/api/messages",
+                "GET /api/messages",
+                "POST /api/{x}",
+                "/api/{y}",
+            ],
+            &[
+                ("GET", "/api/messages", Some(1)),
+                ("HEAD", "/api/messages", Some(1)),
+                ("POST", "/api/messages", Some(0)),
+                ("POST", "/api/other", Some(2)),
+                ("PUT", "/api/other", Some(3)),
+            ],
+        );
+        check(
+            &["/x/**", "DELETE /x/**"],
+            &[("DELETE", "/x/1", Some(1)), ("GET", "/x/1", Some(0))],
+        );
+    }
+
+    #[test]
+    fn empty_table_matches_nothing() {
+        let table = RouteTable::build(Vec::new()).expect("builds");
+        assert!(table.lookup("GET", "/").is_none());
+        assert!(table.routes().is_empty());
+        assert!(RouteTable::default().lookup("GET", "/").is_none());
+    }
+
+    #[test]
+    fn build_keeps_routes_in_file_order_as_written() {
+        let mut specs = vec![spec("GET,POST /a/{id}/"), spec("/b/**")];
+        specs[1].requirement = Requirement::Public;
+        specs[1].upstream = 3;
+        let table = RouteTable::build(specs).expect("builds");
+        let routes = table.routes();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].index, 0);
+        assert_eq!(&*routes[0].pattern, "/a/{id}/");
+        let methods: Vec<&str> = routes[0]
+            .methods
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| &**m)
+            .collect();
+        assert_eq!(methods, ["GET", "POST"]);
+        assert_eq!(routes[1].index, 1);
+        assert!(routes[1].methods.is_none());
+        assert_eq!(routes[1].requirement, Requirement::Public);
+        assert_eq!(routes[1].upstream, 3);
+        assert_eq!(table.lookup("GET", "/b/x").map(|r| r.upstream), Some(3));
+    }
+
+    #[test]
+    fn conflicts_are_reported_at_the_later_route() {
+        check_errors(
+            &["/healthz", "GET /api/messages", "GET /api/messages"],
+            &[(
+                2,
+                "route conflicts with route #2 (/api/messages): same pattern, overlapping methods GET",
+            )],
+        );
+        check_errors(
+            &["/a/{x}", "/a/{y}/"],
+            &[(
+                1,
+                "route conflicts with route #1 (/a/{x}): same pattern, both allow every method",
+            )],
+        );
+        check_errors(
+            &["GET /a", "HEAD /a"],
+            &[(
+                1,
+                "route conflicts with route #1 (/a): same pattern, overlapping methods HEAD",
+            )],
+        );
+        check_errors(
+            &["GET,POST,PURGE /a/**", "DELETE /a/**", "HEAD,PURGE,POST /a/**"],
+            &[(
+                2,
+                "route conflicts with route #1 (/a/**): same pattern, overlapping methods HEAD, POST, PURGE",
+            )],
+        );
+        check_errors(
+            &["GET /a", "POST /a", "GET,POST /a/"],
+            &[
+                (
+                    2,
+                    "route conflicts with route #1 (/a): same pattern, overlapping methods GET",
+                ),
+                (
+                    2,
+                    "route conflicts with route #2 (/a): same pattern, overlapping methods POST",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn non_overlapping_equal_patterns_are_not_conflicts() {
+        check(
+            &["GET /a/{x}", "POST /a/{y}", "/a/{z}", "HEAD /b", "POST /b"],
+            &[
+                ("GET", "/a/1", Some(0)),
+                ("POST", "/a/1", Some(1)),
+                ("PATCH", "/a/1", Some(2)),
+                ("HEAD", "/b", Some(3)),
+                ("POST", "/b", Some(4)),
+                ("GET", "/b", None),
+            ],
+        );
+        // `/a` and `/a/**` are different patterns, even though both match `/a`.
+        check(&["/a", "/a/**"], &[("GET", "/a", Some(0))]);
+    }
+
+    #[test]
+    fn bad_patterns_are_reported_with_their_index() {
+        check_errors(
+            &[
+                "/ok",
+                "api/x",
+                "",
+                "/a//b",
+                "/a/**/b",
+                "/a/{}",
+                "/a/{id-x}",
+                "/a/{x}/{x}",
+                "/a/x{id}",
+                "/a/{id",
+                "/a/b*",
+                "/a/*",
+                "/a/***",
+                "/a/%41",
+                "/a/%3a",
+                "/a/./b",
+                "/a/..",
+                "/a/%2F",
+                "/a;b",
+                "/a\\b",
+            ],
+            &[
+                (1, "path pattern `api/x` must start with `/`"),
+                (2, "path pattern `` must start with `/`"),
+                (3, "path pattern `/a//b` has an empty segment (`//`)"),
+                (4, "path pattern `/a/**/b`: `**` is only allowed as the last segment"),
+                (5, "path pattern `/a/{}`: parameter `{}` needs a name"),
+                (6, "path pattern `/a/{id-x}`: parameter name `id-x` may only hold A-Z, a-z, 0-9 and _"),
+                (7, "path pattern `/a/{x}/{x}`: parameter `{x}` appears twice"),
+                (8, "path pattern `/a/x{id}`: `{name}` must be a whole segment, found `x{id}`"),
+                (9, "path pattern `/a/{id`: `{name}` must be a whole segment, found `{id`"),
+                (10, "path pattern `/a/b*`: `*` is only allowed as a whole last segment `**`, found `b*`"),
+                (11, "path pattern `/a/*`: `*` is only allowed as a whole last segment `**`, found `*`"),
+                (12, "path pattern `/a/***`: `*` is only allowed as a whole last segment `**`, found `***`"),
+                (13, "path pattern `/a/%41`: segment `%41` is not in normalized form (it normalizes to `/A`)"),
+                (14, "path pattern `/a/%3a`: segment `%3a` is not in normalized form (it normalizes to `/%3A`)"),
+                (15, "path pattern `/a/./b`: segment `.` is not in normalized form (it normalizes to `/`)"),
+                (16, "path pattern `/a/..`: segment `..` can never match: path climbs above the root"),
+                (17, "path pattern `/a/%2F`: segment `%2F` can never match: encoded slash in path"),
+                (18, "path pattern `/a;b`: segment `a;b` can never match: semicolon in path"),
+                (19, "path pattern `/a\\b`: segment `a\\b` can never match: backslash in path"),
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_methods_are_reported_each() {
+        check_errors(
+            &["GET /ok", "get /a", "G T /b", "GET,GET /c", "[] /d", "GET,pOST,BAD\"X /e"],
+            &[
+                (1, "method `get` must be upper case (methods are case-sensitive)"),
+                (2, "method `G T` is not a valid HTTP method token"),
+                (3, "method `GET` is listed twice"),
+                (4, "`methods` is empty, so the route could never match; omit it to allow every method"),
+                (5, "method `pOST` must be upper case (methods are case-sensitive)"),
+                (5, "method `BAD\"X` is not a valid HTTP method token"),
+            ],
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        check_errors(
+            &["/a//", "get /b", "/c", "/c"],
+            &[
+                (0, "path pattern `/a//` has an empty segment (`//`)"),
+                (
+                    1,
+                    "method `get` must be upper case (methods are case-sensitive)",
+                ),
+                (
+                    3,
+                    "route conflicts with route #3 (/c): same pattern, both allow every method",
+                ),
+            ],
+        );
+        // A pattern error and a method error on the same route.
+        check_errors(
+            &["get /a/**/b"],
+            &[
+                (
+                    0,
+                    "path pattern `/a/**/b`: `**` is only allowed as the last segment",
+                ),
+                (
+                    0,
+                    "method `get` must be upper case (methods are case-sensitive)",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn large_tables_still_pick_the_most_specific_route() {
+        let mut lines: Vec<String> = (0..2000).map(|i| format!("/svc{i}/items/{{id}}")).collect();
+        lines.push("/**".to_owned());
+        lines.push("GET /svc7/items/special".to_owned());
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        check(
+            &refs,
+            &[
+                ("GET", "/svc1999/items/5", Some(1999)),
+                ("GET", "/svc7/items/special", Some(2001)),
+                ("POST", "/svc7/items/special", Some(7)),
+                ("GET", "/svc2000/items/5", Some(2000)),
+                ("GET", "/svc3/items", Some(2000)),
+            ],
+        );
+    }
+}
