@@ -466,6 +466,42 @@ mod tests {
         ]);
     }
 
+    /// Every path of up to six characters over an alphabet that makes dot
+    /// segments, escapes and slash runs: whatever is accepted comes out in
+    /// normal form (checked by `check`: a borrowed fixed point) and keeps no
+    /// `//`, no dot segment and no unreserved escape.
+    #[test]
+    fn accepted_paths_come_out_in_normal_form() {
+        const ALPHABET: &[u8] = b"/.%2eEa";
+        let mut accepted = 0;
+        let mut input = Vec::new();
+        for n in 0..=6u32 {
+            for mut code in 0..ALPHABET.len().pow(n) {
+                input.clear();
+                input.push(b'/');
+                for _ in 0..n {
+                    input.push(ALPHABET[code % ALPHABET.len()]);
+                    code /= ALPHABET.len();
+                }
+                let input = std::str::from_utf8(&input).expect("ASCII");
+                let Ok(out) = normalize(input) else { continue };
+                accepted += 1;
+                check(input, Ok(&out));
+                assert!(out.starts_with('/'), "{input:?} -> {out:?}");
+                assert!(!out.contains("//"), "{input:?} -> {out:?}");
+                assert!(
+                    !out.split('/').any(|s| s == "." || s == ".."),
+                    "{input:?} -> {out:?}"
+                );
+                assert!(
+                    !out.contains("%2e") && !out.contains("%2E"),
+                    "{input:?} -> {out:?}"
+                );
+            }
+        }
+        assert!(accepted > 10_000, "only {accepted} paths accepted");
+    }
+
     #[test]
     fn error_messages_are_short_descriptions() {
         assert_eq!(EncodedSlash.to_string(), "encoded slash in path");

@@ -595,6 +595,9 @@ mod tests {
                 ("GET", "/api/messages", None),
                 ("GET", "/api/messages/", None),
                 ("GET", "/api/messages/42/x", None),
+                // Not normalized, but still no empty parameter.
+                ("GET", "/api/messages//", None),
+                ("GET", "/users//posts/p1", None),
                 ("GET", "/users/u1/posts/p1", Some(1)),
                 ("GET", "/users/u1/posts", None),
                 ("GET", "/users/u1/comments/p1", None),
