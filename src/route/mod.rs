@@ -4,7 +4,9 @@
 //!
 //! 1. [`normalize`] turns the request path (query already split off) into the
 //!    one spelling that both the gateway matches and the upstream receives,
-//!    or rejects it (-> 400). See [`normalize`'s module](normalize) docs.
+//!    or rejects it (-> 400). The normal form has no `//`, no dot segments,
+//!    no escaped unreserved characters, and upper-case hex in the escapes it
+//!    keeps.
 //! 2. [`RouteTable::lookup`] finds the most specific route for the method and
 //!    the normalized path (`None` -> 404).
 //!
@@ -32,6 +34,14 @@
 //!   exactly for that pair.
 //! - **Methods** are case-sensitive (RFC 9110), so patterns must list them
 //!   upper-case; `GET` also covers `HEAD`, `HEAD` does not cover `GET`.
+//! - **Escapes in literals**: a literal segment is compared by its
+//!   percent-decoded bytes, so the route `/users/@me` also matches
+//!   `/users/%40me` and `/caf%C3%A9` matches `/café`. Normalization keeps
+//!   escapes of reserved and non-ASCII characters as they are (contract), but
+//!   an upstream that decodes its path would see the same resource either
+//!   way; without this, the escaped spelling could slip past a strict literal
+//!   route to a laxer one. (`%2F` cannot occur: it is rejected.) For the same
+//!   reason `/a:b` and `/a%3Ab` are equal patterns.
 //! - **Literal segments** of a pattern must already be in normalized form
 //!   (`/a%41` or `/a/./b` would never match a normalized path, so they are
 //!   load errors rather than dead routes).

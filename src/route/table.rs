@@ -4,7 +4,7 @@
 //! # The trie
 //!
 //! Each node stands for a sequence of pattern segments; its children are the
-//! literal segments (a hash map), at most one `{param}` child (parameter names
+//! literal segments (a hash map keyed by the percent-decoded literal), at most one `{param}` child (parameter names
 //! do not matter for matching), the routes whose pattern ends at the node
 //! (`terminal`) and the routes whose pattern is the node followed by `**`
 //! (`glob`). Both route lists hold method-naming routes before the one (at
@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::normalize::normalize;
+use super::normalize::{hex_value, normalize};
 
 /// What a route demands of the request's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl RouteTable {
     /// one earlier route). Conflicts are reported at the later route.
     pub fn build(specs: Vec<RouteSpec>) -> Result<Self, Vec<RouteError>> {
         let mut errors = Vec::new();
-        let mut routes = Vec::with_capacity(specs.len());
+        let mut routes: Vec<Route> = Vec::with_capacity(specs.len());
         let mut methods = Vec::with_capacity(specs.len());
         let mut patterns = Vec::with_capacity(specs.len());
         // Canonical pattern -> earlier valid routes with that pattern.
@@ -120,7 +120,7 @@ impl RouteTable {
                             message: format!(
                                 "route conflicts with route #{} ({}): same pattern, {overlap}",
                                 e + 1,
-                                routes_pattern(&routes, e),
+                                routes[e].pattern,
                             ),
                         });
                     }
@@ -154,6 +154,8 @@ impl RouteTable {
                         None => {
                             let child = push_node(&mut nodes);
                             nodes[node].literals.insert(lit.clone(), child);
+                            nodes[node].longest_literal =
+                                nodes[node].longest_literal.max(lit.len());
                             child
                         }
                     },
@@ -218,7 +220,7 @@ impl RouteTable {
             }
         } else {
             let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            if let Some(&child) = n.literals.get(segment) {
+            if let Some(child) = n.literal_child(segment) {
                 if let Some(found) = self.search(child, tail, method) {
                     return Some(found);
                 }
@@ -240,10 +242,6 @@ impl RouteTable {
     }
 }
 
-fn routes_pattern(routes: &[Route], index: usize) -> &str {
-    &routes[index].pattern
-}
-
 fn push_node(nodes: &mut Vec<Node>) -> usize {
     nodes.push(Node::default());
     nodes.len() - 1
@@ -251,10 +249,65 @@ fn push_node(nodes: &mut Vec<Node>) -> usize {
 
 #[derive(Debug, Clone, Default)]
 struct Node {
-    literals: HashMap<Box<str>, usize, BuildHasherDefault<Fnv1a>>,
+    /// Keyed by the percent-decoded literal (see [`Node::literal_child`]).
+    literals: HashMap<Box<[u8]>, usize, BuildHasherDefault<Fnv1a>>,
+    /// The length of the longest key in `literals`.
+    longest_literal: usize,
     param: Option<usize>,
     terminal: Vec<usize>,
     glob: Vec<usize>,
+}
+
+/// Segments whose decoded form fits here are matched without a heap allocation.
+const DECODE_BUFFER: usize = 256;
+
+impl Node {
+    /// The literal child for a path segment, comparing percent-decoded bytes:
+    /// the contract keeps escapes of reserved and non-ASCII characters
+    /// (`%3A`, `%C3%A9`), but an upstream that decodes its path sees `:` and
+    /// `é`, so the literal `/users/@me` must match `/users/%40me` too (else
+    /// the request would fall through to a laxer route).
+    fn literal_child(&self, segment: &str) -> Option<usize> {
+        let raw = segment.as_bytes();
+        if !raw.contains(&b'%') {
+            return self.literals.get(raw).copied();
+        }
+        let len = percent_decoded(raw).count();
+        if len > self.longest_literal {
+            return None;
+        }
+        if len <= DECODE_BUFFER {
+            let mut buffer = [0u8; DECODE_BUFFER];
+            for (slot, b) in buffer.iter_mut().zip(percent_decoded(raw)) {
+                *slot = b;
+            }
+            return self.literals.get(&buffer[..len]).copied();
+        }
+        // Only for configs with literals longer than the buffer.
+        self.literals
+            .iter()
+            .find(|(key, _)| key.len() == len && percent_decoded(raw).eq(key.iter().copied()))
+            .map(|(_, &child)| child)
+    }
+}
+
+/// The bytes of `s` with `%XX` escapes decoded (anything else, including a
+/// malformed escape, passes through as it is).
+fn percent_decoded(s: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *s.get(i)?;
+        if b == b'%' {
+            let hi = s.get(i + 1).copied().and_then(hex_value);
+            let lo = s.get(i + 2).copied().and_then(hex_value);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                i += 3;
+                return Some(hi << 4 | lo);
+            }
+        }
+        i += 1;
+        Some(b)
+    })
 }
 
 /// FNV-1a: fast for short keys. Hash flooding is not a concern: the keys are
@@ -284,7 +337,8 @@ impl Hasher for Fnv1a {
 /// not matter for matching or for conflicts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Segment {
-    Literal(Box<str>),
+    /// Percent-decoded, so `/a:b` and `/a%3Ab` are the same pattern.
+    Literal(Box<[u8]>),
     Param,
     Glob,
 }
@@ -355,7 +409,7 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
                     ))
                 }
             }
-            Segment::Literal(part.into())
+            Segment::Literal(percent_decoded(part.as_bytes()).collect())
         };
         segments.push(segment);
     }
@@ -800,6 +854,47 @@ mod tests {
     }
 
     #[test]
+    fn literals_match_escaped_and_raw_spellings_alike() {
+        // An upstream that decodes its path sees `@`, `:` and `é` either way,
+        // so the strict literal route must win, not the catch-all.
+        check(
+            &["/users/@me", "/v1/a:b", "/caf%C3%A9/x", "/100%25", "/**"],
+            &[
+                ("GET", "/users/@me", Some(0)),
+                ("GET", "/users/%40me", Some(0)),
+                ("GET", "/v1/a:b", Some(1)),
+                ("GET", "/v1/a%3Ab", Some(1)),
+                ("GET", "/v1/a%3A%62", Some(1)),
+                ("GET", "/caf%C3%A9/x", Some(2)),
+                ("GET", "/caf\u{e9}/x", Some(2)),
+                ("GET", "/100%25", Some(3)),
+                // Different characters stay different.
+                ("GET", "/users/%41me", Some(4)),
+                ("GET", "/v1/a%3Bb", Some(4)),
+                ("GET", "/100%2525", Some(4)),
+                ("GET", "/100", Some(4)),
+                ("GET", "/users/%40m", Some(4)),
+                ("GET", "/users/%40mee", Some(4)),
+            ],
+        );
+    }
+
+    #[test]
+    fn literals_longer_than_the_decode_buffer_still_match() {
+        let long = "x".repeat(DECODE_BUFFER + 10);
+        let pattern = format!("/{long}:y");
+        check(
+            &[&pattern, "/**"],
+            &[
+                ("GET", &pattern, Some(0)),
+                ("GET", &format!("/{long}%3Ay"), Some(0)),
+                ("GET", &format!("/{long}%3Az"), Some(1)),
+                ("GET", &format!("/{long}%3Ayy"), Some(1)),
+            ],
+        );
+    }
+
+    #[test]
     fn empty_table_matches_nothing() {
         let table = RouteTable::build(Vec::new()).expect("builds");
         assert!(table.lookup("GET", "/").is_none());
@@ -846,6 +941,13 @@ mod tests {
             &[(
                 1,
                 "route conflicts with route #1 (/a/{x}): same pattern, both allow every method",
+            )],
+        );
+        check_errors(
+            &["/users/@me", "/users/%40me"],
+            &[(
+                1,
+                "route conflicts with route #1 (/users/@me): same pattern, both allow every method",
             )],
         );
         check_errors(
