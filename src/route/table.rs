@@ -348,6 +348,11 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
     let Some(body) = pattern.strip_prefix('/') else {
         return Err(format!("path pattern `{pattern}` must start with `/`"));
     };
+    if pattern.contains("//") {
+        return Err(format!(
+            "path pattern `{pattern}` has an empty segment (`//`)"
+        ));
+    }
     let body = body.strip_suffix('/').unwrap_or(body);
     if body.is_empty() {
         return Ok(Vec::new());
@@ -1004,6 +1009,7 @@ mod tests {
                 "api/x",
                 "",
                 "/a//b",
+                "//",
                 "/a/**/b",
                 "/a/{}",
                 "/a/{id-x}",
@@ -1025,22 +1031,23 @@ mod tests {
                 (1, "path pattern `api/x` must start with `/`"),
                 (2, "path pattern `` must start with `/`"),
                 (3, "path pattern `/a//b` has an empty segment (`//`)"),
-                (4, "path pattern `/a/**/b`: `**` is only allowed as the last segment"),
-                (5, "path pattern `/a/{}`: parameter `{}` needs a name"),
-                (6, "path pattern `/a/{id-x}`: parameter name `id-x` may only hold A-Z, a-z, 0-9 and _"),
-                (7, "path pattern `/a/{x}/{x}`: parameter `{x}` appears twice"),
-                (8, "path pattern `/a/x{id}`: `{name}` must be a whole segment, found `x{id}`"),
-                (9, "path pattern `/a/{id`: `{name}` must be a whole segment, found `{id`"),
-                (10, "path pattern `/a/b*`: `*` is only allowed as a whole last segment `**`, found `b*`"),
-                (11, "path pattern `/a/*`: `*` is only allowed as a whole last segment `**`, found `*`"),
-                (12, "path pattern `/a/***`: `*` is only allowed as a whole last segment `**`, found `***`"),
-                (13, "path pattern `/a/%41`: segment `%41` is not in normalized form (it normalizes to `/A`)"),
-                (14, "path pattern `/a/%3a`: segment `%3a` is not in normalized form (it normalizes to `/%3A`)"),
-                (15, "path pattern `/a/./b`: segment `.` is not in normalized form (it normalizes to `/`)"),
-                (16, "path pattern `/a/..`: segment `..` can never match: path climbs above the root"),
-                (17, "path pattern `/a/%2F`: segment `%2F` can never match: encoded slash in path"),
-                (18, "path pattern `/a;b`: segment `a;b` can never match: semicolon in path"),
-                (19, "path pattern `/a\\b`: segment `a\\b` can never match: backslash in path"),
+                (4, "path pattern `//` has an empty segment (`//`)"),
+                (5, "path pattern `/a/**/b`: `**` is only allowed as the last segment"),
+                (6, "path pattern `/a/{}`: parameter `{}` needs a name"),
+                (7, "path pattern `/a/{id-x}`: parameter name `id-x` may only hold A-Z, a-z, 0-9 and _"),
+                (8, "path pattern `/a/{x}/{x}`: parameter `{x}` appears twice"),
+                (9, "path pattern `/a/x{id}`: `{name}` must be a whole segment, found `x{id}`"),
+                (10, "path pattern `/a/{id`: `{name}` must be a whole segment, found `{id`"),
+                (11, "path pattern `/a/b*`: `*` is only allowed as a whole last segment `**`, found `b*`"),
+                (12, "path pattern `/a/*`: `*` is only allowed as a whole last segment `**`, found `*`"),
+                (13, "path pattern `/a/***`: `*` is only allowed as a whole last segment `**`, found `***`"),
+                (14, "path pattern `/a/%41`: segment `%41` is not in normalized form (it normalizes to `/A`)"),
+                (15, "path pattern `/a/%3a`: segment `%3a` is not in normalized form (it normalizes to `/%3A`)"),
+                (16, "path pattern `/a/./b`: segment `.` is not in normalized form (it normalizes to `/`)"),
+                (17, "path pattern `/a/..`: segment `..` can never match: path climbs above the root"),
+                (18, "path pattern `/a/%2F`: segment `%2F` can never match: encoded slash in path"),
+                (19, "path pattern `/a;b`: segment `a;b` can never match: semicolon in path"),
+                (20, "path pattern `/a\\b`: segment `a\\b` can never match: backslash in path"),
             ],
         );
     }
