@@ -35,21 +35,45 @@ pub struct Running {
     /// Set when `forward_auth.listen` is configured.
     pub forward_auth_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
+    /// Stops the proxy and forward-auth listeners and the watchers.
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The admin listener stops last, once the others have drained, so that
+    /// `/readyz` answering 503 is observable for the whole drain.
+    admin_stop: watch::Sender<bool>,
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Starts draining: `/readyz` turns 503, listeners close, in-flight requests finish.
+    /// Starts draining: `/readyz` turns 503, the proxy and forward-auth
+    /// listeners close, in-flight requests finish (within `shutdown_grace`).
+    /// The admin listener keeps answering until [`Running::shutdown`] has
+    /// seen the others drain.
     pub fn begin_shutdown(&self) {
         self.gateway.start_draining();
         let _ = self.shutdown.send(true);
     }
 
-    /// Shuts down and waits until every listener has drained.
+    /// Shuts down: waits until the proxy and forward-auth listeners have
+    /// drained (at most `shutdown_grace`), then closes the admin listener.
     pub async fn shutdown(mut self) {
         self.begin_shutdown();
         while self.tasks.join_next().await.is_some() {}
+        let _ = self.admin_stop.send(true);
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.await;
+        }
+    }
+
+    /// Watches the config file at `path` for the rest of this gateway's life:
+    /// polled once a second and reloaded when its content changes (in-place
+    /// edits, replacement by rename, Kubernetes' `..data` symlink swap), and
+    /// on SIGHUP. Listener addresses and TLS file paths are not changed by a
+    /// reload (logged).
+    pub fn watch(&mut self, path: PathBuf) {
+        let stop = self.shutdown_signal();
+        self.tasks
+            .spawn(watch_config(self.gateway.clone(), path, stop));
     }
 
     /// A future that resolves when shutdown begins.
@@ -57,6 +81,16 @@ impl Running {
         let mut rx = self.shutdown.subscribe();
         async move {
             let _ = rx.wait_for(|&stop| stop).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    /// Dropped without [`Running::shutdown`] (tests): stop the admin listener too
+    /// (the other tasks are aborted with their `JoinSet`).
+    fn drop(&mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
         }
     }
 }
@@ -74,9 +108,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!("{warning}");
     }
     let metrics = Metrics::new();
-    let tls = match &config.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-            crate::tls::server_config(&files.cert, &files.key)?,
+    let cert = match &config.tls {
+        Some(files) => Some(crate::tls::ReloadingCert::load(&files.cert, &files.key)?),
+        None => None,
+    };
+    let tls = match &cert {
+        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            crate::tls::server_config(cert.clone())?,
         ))),
         None => None,
     };
@@ -108,6 +146,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let runtime = Runtime::build(config, &metrics, None)?;
     let gateway = Gateway::new(runtime, metrics);
     let (shutdown, _) = watch::channel(false);
+    let (admin_stop, _) = watch::channel(false);
     let mut running = Running {
         proxy_addr,
         admin_addr,
@@ -115,7 +154,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         gateway: gateway.clone(),
         shutdown,
         tasks: JoinSet::new(),
+        admin_stop,
+        admin: None,
     };
+    if let Some(cert) = cert {
+        let stop = running.shutdown_signal();
+        running.tasks.spawn(cert.watch(stop));
+    }
     let stop = running.shutdown_signal();
     running.tasks.spawn(crate::server::serve(
         proxy_listener,
@@ -123,10 +168,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tls,
         stop,
     ));
-    let stop = running.shutdown_signal();
-    running
-        .tasks
-        .spawn(crate::admin::serve(admin_listener, gateway.clone(), stop));
+    let mut admin_stop = running.admin_stop.subscribe();
+    let stop = async move {
+        let _ = admin_stop.wait_for(|&stop| stop).await;
+    };
+    running.admin = Some(tokio::spawn(crate::admin::serve(
+        admin_listener,
+        gateway.clone(),
+        stop,
+    )));
     if let Some(listener) = forward_auth_listener {
         let stop = running.shutdown_signal();
         running
@@ -226,10 +276,7 @@ pub async fn watch_config(
 pub async fn run(config: Config) -> Result<(), StartError> {
     let path = config.source.clone();
     let mut running = start(config).await?;
-    let stop = running.shutdown_signal();
-    running
-        .tasks
-        .spawn(watch_config(running.gateway.clone(), path, stop));
+    running.watch(path);
     terminate_signal().await;
     tracing::info!("shutting down: draining connections");
     running.shutdown().await;

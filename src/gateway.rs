@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
-use tokio::sync::oneshot;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -41,8 +40,9 @@ pub struct UpstreamTarget {
 pub struct Runtime {
     pub config: Config,
     pub verifier: Arc<Verifier>,
-    /// Dropped with the last runtime that uses `verifier`: stops its background refresh.
-    verifier_task: Arc<oneshot::Sender<()>>,
+    /// Dropped with the last runtime that uses `verifier`: releases its
+    /// issuers' background refresh (issuers a newer verifier reused go on).
+    verifier_task: Arc<crate::auth::Background>,
     pub identity: IdentityHeaders,
     pub upstreams: Vec<UpstreamTarget>,
     /// Per route, indexed by `Route::index`.
@@ -52,7 +52,8 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds a runtime; reuses the verifier and the upstream pool of
-    /// `previous` when their settings did not change.
+    /// `previous` when their settings did not change, and otherwise each
+    /// unchanged issuer's key set (see [`Verifier::new_reusing`]).
     pub fn build(
         config: Config,
         metrics: &Metrics,
@@ -63,13 +64,14 @@ impl Runtime {
                 (p.verifier.clone(), p.verifier_task.clone())
             }
             _ => {
-                let verifier = Verifier::new(config.auth.clone())
-                    .map_err(|e| BuildError::Verifier(e.to_string()))?;
-                let (stop, stopped) = oneshot::channel::<()>();
-                tokio::spawn(verifier.clone().run_background(async move {
-                    let _ = stopped.await;
-                }));
-                (verifier, Arc::new(stop))
+                // Per issuer: unchanged issuers keep their keys and schedule.
+                let verifier =
+                    Verifier::new_reusing(config.auth.clone(), previous.map(|p| &*p.verifier))
+                        .map_err(|e| BuildError::Verifier(e.to_string()))?;
+                // Taken before the previous runtime can be dropped, so a
+                // reused issuer's refresh is never stopped and restarted.
+                let background = verifier.start_background();
+                (verifier, Arc::new(background))
             }
         };
         let client_settings = ClientSettings {

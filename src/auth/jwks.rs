@@ -275,6 +275,15 @@ pub(crate) struct IssuerKeys {
     /// The newest generation whose fetch has finished (guards against a
     /// flight entry moka evicted being run a second time).
     done_generation: AtomicU64,
+    /// The background refresh: started by the first holder, stopped with
+    /// the last (a reload that keeps this issuer hands it over without a gap).
+    refresher: Mutex<Refresher>,
+}
+
+#[derive(Default)]
+struct Refresher {
+    holders: usize,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl IssuerKeys {
@@ -300,6 +309,28 @@ impl IssuerKeys {
             }),
             flights: moka::future::Cache::builder().max_capacity(4).build(),
             done_generation: AtomicU64::new(0),
+            refresher: Mutex::new(Refresher::default()),
+        }
+    }
+
+    /// Registers a holder of the background refresh; the first one starts it
+    /// (fetching at once). Needs a tokio runtime. Pair with [`Self::release_refresh`].
+    pub(crate) fn hold_refresh(self: &Arc<Self>) {
+        let mut r = self.refresher.lock().unwrap_or_else(|p| p.into_inner());
+        r.holders += 1;
+        if r.task.is_none() {
+            r.task = Some(tokio::spawn(Arc::clone(self).run_refresh()).abort_handle());
+        }
+    }
+
+    /// Drops a holder; the last one stops the background refresh.
+    pub(crate) fn release_refresh(&self) {
+        let mut r = self.refresher.lock().unwrap_or_else(|p| p.into_inner());
+        r.holders = r.holders.saturating_sub(1);
+        if r.holders == 0 {
+            if let Some(task) = r.task.take() {
+                task.abort();
+            }
         }
     }
 

@@ -141,10 +141,26 @@ pub enum VerifierSetupError {
 /// Verifies tokens against the configured issuers and introspection endpoint.
 pub struct Verifier {
     settings: AuthSettings,
+    client: Arc<IdpClient>,
     key_sets: KeySets,
     introspector: Option<Introspector>,
-    cache: TokenCache,
+    cache: Arc<TokenCache>,
     counters: Arc<Counters>,
+}
+
+/// Keeps a verifier's issuers refreshing in the background while it lives
+/// ([`Verifier::start_background`]). An issuer shared with another verifier
+/// (reused by a reload) keeps refreshing while any holder lives.
+pub struct Background {
+    issuers: Vec<Arc<IssuerKeys>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for issuer in &self.issuers {
+            issuer.release_refresh();
+        }
+    }
 }
 
 /// How many verified tokens the cache holds at most.
@@ -152,12 +168,28 @@ const TOKEN_CACHE_CAPACITY: u64 = 100_000;
 
 impl Verifier {
     pub fn new(settings: AuthSettings) -> Result<Arc<Self>, VerifierSetupError> {
-        Self::with_tuning(settings, Tuning::default())
+        Self::with_tuning(settings, Tuning::default(), None)
+    }
+
+    /// A verifier for `settings` that takes over what `previous` (the one a
+    /// reload replaces) already knows: each issuer whose settings did not
+    /// change keeps its key set, refresh schedule and readiness (no refetch);
+    /// the verified-token cache survives when introspection and leeway did
+    /// not change (cached JWTs of a changed or removed issuer are verified
+    /// again, since their key set is no longer current); counters continue.
+    /// Issuers are reused only when the IdP client (`ca_file`, `idp_timeout`)
+    /// is unchanged.
+    pub fn new_reusing(
+        settings: AuthSettings,
+        previous: Option<&Verifier>,
+    ) -> Result<Arc<Self>, VerifierSetupError> {
+        Self::with_tuning(settings, Tuning::default(), previous)
     }
 
     pub(crate) fn with_tuning(
         settings: AuthSettings,
         tuning: Tuning,
+        previous: Option<&Verifier>,
     ) -> Result<Arc<Self>, VerifierSetupError> {
         for (i, issuer) in settings.issuers.iter().enumerate() {
             let fail = |message| VerifierSetupError::Issuer {
@@ -184,23 +216,50 @@ impl Verifier {
                 return Err(fail("configured twice"));
             }
         }
-        let client = Arc::new(IdpClient::new(
-            settings.ca_file.as_deref(),
-            settings.idp_timeout,
-        )?);
-        let counters = Arc::new(Counters::default());
+        let same_client = previous.filter(|p| {
+            p.settings.ca_file == settings.ca_file && p.settings.idp_timeout == settings.idp_timeout
+        });
+        let client = match same_client {
+            Some(p) => Arc::clone(&p.client),
+            None => Arc::new(IdpClient::new(
+                settings.ca_file.as_deref(),
+                settings.idp_timeout,
+            )?),
+        };
+        let counters = previous.map_or_else(
+            || Arc::new(Counters::default()),
+            |p| Arc::clone(&p.counters),
+        );
         let issuers = settings
             .issuers
             .iter()
             .map(|s| {
-                Arc::new(IssuerKeys::new(
-                    s.clone(),
-                    Arc::clone(&client),
-                    Arc::clone(&counters),
-                    tuning,
-                ))
+                let kept = same_client.and_then(|p| {
+                    p.key_sets
+                        .issuers
+                        .iter()
+                        .find(|old| old.settings == *s)
+                        .cloned()
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(IssuerKeys::new(
+                        s.clone(),
+                        Arc::clone(&client),
+                        Arc::clone(&counters),
+                        tuning,
+                    ))
+                })
             })
             .collect();
+        let cache = previous
+            .filter(|p| {
+                p.settings.introspection == settings.introspection
+                    && p.settings.leeway == settings.leeway
+            })
+            .map_or_else(
+                || Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+                |p| Arc::clone(&p.cache),
+            );
         let introspector = settings
             .introspection
             .clone()
@@ -208,8 +267,9 @@ impl Verifier {
         Ok(Arc::new(Verifier {
             key_sets: KeySets { issuers },
             introspector,
-            cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
+            cache,
             counters,
+            client,
             settings,
         }))
     }
@@ -218,12 +278,22 @@ impl Verifier {
     /// at once, retries with backoff (at most 5 s) until the first success,
     /// then refreshes every `jwks_refresh`.
     pub async fn run_background(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for issuer in &self.key_sets.issuers {
-            tasks.spawn(Arc::clone(issuer).run_refresh());
-        }
+        let background = self.start_background();
         shutdown.await;
-        tasks.abort_all();
+        drop(background);
+    }
+
+    /// Starts the background refresh of every issuer not already refreshing
+    /// (one kept from a previous verifier keeps its schedule: no refetch);
+    /// it runs while the returned guard (or another holder) lives. Needs a
+    /// tokio runtime.
+    pub fn start_background(&self) -> Background {
+        for issuer in &self.key_sets.issuers {
+            issuer.hold_refresh();
+        }
+        Background {
+            issuers: self.key_sets.issuers.clone(),
+        }
     }
 
     /// Every issuer's keys were fetched successfully at least once.

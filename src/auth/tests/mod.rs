@@ -747,7 +747,7 @@ async fn background_retries_until_ready_then_stops_on_shutdown() {
         initial_backoff: Duration::from_millis(10),
         ..Tuning::default()
     };
-    let v = Verifier::with_tuning(settings(&idp), tuning).unwrap();
+    let v = Verifier::with_tuning(settings(&idp), tuning, None).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let bg = tokio::spawn(Arc::clone(&v).run_background(async {
         let _ = stopped.await;
