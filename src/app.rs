@@ -231,41 +231,50 @@ pub fn reload(gateway: &Gateway, path: &Path) -> bool {
 /// Watches `path` (polling its content once a second: this sees in-place
 /// edits, editors that replace the file, and Kubernetes' symlink swaps
 /// alike) and reloads on change or on SIGHUP, until shutdown.
-pub async fn watch_config(
+///
+/// The SIGHUP handler is installed, and the file's baseline content read,
+/// when this is called, not when the future first runs: a SIGHUP right after
+/// never falls to the default action (terminate), and an edit right after is
+/// never missed.
+pub fn watch_config(
     gateway: Arc<Gateway>,
     path: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut last = std::fs::read(&path).ok();
-    tokio::pin!(shutdown);
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        #[cfg(unix)]
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
+    // The baseline is taken now, not when the task first runs: an edit made
+    // right after this call is seen as a change.
+    let mut last = std::fs::read(&path).ok();
+    async move {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let sighup = async {
+                match hangup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<()>();
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = sighup => {
-                tracing::info!("SIGHUP: reloading");
-                last = std::fs::read(&path).ok();
-                reload(&gateway, &path);
-            }
-            _ = tick.tick() => {
-                let now = std::fs::read(&path).ok();
-                if now.is_some() && now != last {
-                    last = now;
+            };
+            #[cfg(not(unix))]
+            let sighup = std::future::pending::<()>();
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = sighup => {
+                    tracing::info!("SIGHUP: reloading");
+                    last = std::fs::read(&path).ok();
                     reload(&gateway, &path);
+                }
+                _ = tick.tick() => {
+                    let now = std::fs::read(&path).ok();
+                    if now.is_some() && now != last {
+                        last = now;
+                        reload(&gateway, &path);
+                    }
                 }
             }
         }
@@ -275,37 +284,47 @@ pub async fn watch_config(
 /// `scopegate run`: serve until SIGTERM/SIGINT, reloading on edits and SIGHUP.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let path = config.source.clone();
+    // Installed before anything is served: a SIGTERM that arrives while the
+    // first request is in flight drains it instead of killing the process.
+    let terminate = terminate_signal();
     let mut running = start(config).await?;
     running.watch(path);
-    terminate_signal().await;
+    terminate.await;
     tracing::info!("shutting down: draining connections");
     running.shutdown().await;
     tracing::info!("bye");
     Ok(())
 }
 
-/// SIGTERM or SIGINT.
-pub async fn terminate_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called (the
+/// default action, terminate, no longer applies from then on); the future
+/// resolves at the first of them.
+pub fn terminate_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let signals = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match signals {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
