@@ -836,3 +836,62 @@ fn authorize_checks_scopes() {
     ));
     assert!(!authorize(&Requirement::AnyScopes(list(&["admin"])), &p));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_issuers_and_hands_over_their_refresh() {
+    let one = Idp::start().await;
+    let two = Idp::start().await;
+    one.set_jwks(vec![rsa_a().jwk(Some("k1"))]);
+    two.set_jwks(vec![rsa_b().jwk(Some("k2"))]);
+    let old = Verifier::new(settings(&one)).unwrap();
+    let old_background = old.start_background();
+    tokio::time::timeout(Duration::from_secs(5), old.wait_ready())
+        .await
+        .expect("first issuer ready");
+    let token = mint(rsa_a(), &header("k1"), &claims(&one));
+    assert_eq!(outcome(&old, &token).await, Ok(()));
+    assert_eq!(one.hits("/jwks"), 1);
+
+    // Reload: the first issuer unchanged, a second one added.
+    let mut both = settings(&one);
+    both.issuers.push(settings(&two).issuers.remove(0));
+    let new = Verifier::new_reusing(both.clone(), Some(&old)).unwrap();
+    let new_background = new.start_background();
+    drop(old_background);
+    drop(old);
+    assert!(!new.is_ready(), "the added issuer is not fetched yet");
+    tokio::time::timeout(Duration::from_secs(5), new.wait_ready())
+        .await
+        .expect("added issuer fetched");
+    // The kept issuer: same keys, no refetch, the cached token still a hit.
+    assert_eq!(outcome(&new, &token).await, Ok(()));
+    assert_eq!(
+        new.metrics().token_cache_hits,
+        1,
+        "counters and cache carried over"
+    );
+    let token2 = mint(rsa_b(), &header("k2"), &claims(&two));
+    assert_eq!(outcome(&new, &token2).await, Ok(()));
+    assert_eq!(one.hits("/jwks"), 1, "unchanged issuer not refetched");
+    assert_eq!(two.hits("/jwks"), 1);
+
+    // An issuer whose settings changed starts afresh; the cached token of
+    // that issuer is verified again (its key set is a new one).
+    let mut changed = both.clone();
+    changed.issuers[0].audiences = vec!["api".into()];
+    let newer = Verifier::new_reusing(changed, Some(&new)).unwrap();
+    let _newer_background = newer.start_background();
+    drop(new_background);
+    tokio::time::timeout(Duration::from_secs(5), newer.wait_ready())
+        .await
+        .expect("changed issuer fetched");
+    assert_eq!(one.hits("/jwks"), 2);
+    assert_eq!(two.hits("/jwks"), 1);
+    let hits = newer.metrics().token_cache_hits;
+    assert_eq!(outcome(&newer, &token).await, Ok(()));
+    assert_eq!(
+        newer.metrics().token_cache_hits,
+        hits,
+        "re-verified, not a hit"
+    );
+}
