@@ -728,3 +728,249 @@ per_proxy!(
     client_cannot_name_the_authorized_request,
     untrusted_peer_is_403_never_evaluated,
 );
+
+// ---------------------------------------------------------------- emulated proxies
+//
+// Not in Debian, so their auth requests are written out as their docs
+// describe them and sent straight to the forward-auth listener.
+
+/// Traefik ForwardAuth: `GET` on the configured address with the client's
+/// headers (all of them, unless `authRequestHeaders` narrows them) plus
+/// X-Forwarded-Method/-Proto/-Host/-Uri/-For, which Traefik sets itself
+/// (`trustForwardHeader: false` replaces the client's copies).
+fn traefik_request(h: &Harness, method: &str, uri: &str, client: &[(&str, &str)]) -> Vec<u8> {
+    let mut headers = vec![
+        ("User-Agent", "curl/8.5.0"),
+        ("Accept", "*/*"),
+        ("X-Forwarded-Method", method),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "orders.example.com"),
+        ("X-Forwarded-Uri", uri),
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("Accept-Encoding", "gzip"),
+    ];
+    headers.extend_from_slice(client);
+    build_request("GET", h.fa(), "/verify", &headers, b"")
+}
+
+/// Envoy ext_authz (HTTP service, `path_prefix: /envoy`): the original
+/// method, `path_prefix` + the original path and query, the original Host,
+/// the headers `allowed_headers` admits (here `authorization`), an empty body
+/// with `content-length: 0`, and Envoy's own `x-envoy-*` headers.
+fn envoy_request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = format!(
+        "{method} /envoy{path} HTTP/1.1\r\nhost: orders.example.com\r\ncontent-length: 0\r\n\
+         x-envoy-expected-rq-timeout-ms: 1000\r\nx-forwarded-proto: https\r\n\
+         x-request-id: 6e3f2a1c-0b7d-4f7e-9a51-2c1d0e9b8a77\r\n"
+    );
+    for (name, value) in extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+async fn send_fa(h: &Harness, request: Vec<u8>) -> RawResponse {
+    raw_request(h.fa(), request)
+        .await
+        .expect("forward-auth answers")
+}
+
+fn assert_direct_denial(r: &RawResponse, status: u16, error: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.json()["error"], error, "{}", r.text());
+}
+
+#[tokio::test]
+async fn traefik_forward_auth_emulated() {
+    let h = Harness::start(TRUSTED).await;
+    let auth = h.bearer("message");
+    let r = send_fa(
+        &h,
+        traefik_request(&h, "GET", "/api/messages?x=1", &[("Authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-auth-subject"), Some("user-123"));
+    assert_eq!(r.header("x-auth-scopes"), Some("message"));
+    assert!(r.body.is_empty());
+
+    let r = send_fa(&h, traefik_request(&h, "GET", "/api/messages", &[])).await;
+    assert_direct_denial(&r, 401, "unauthorized");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"scopegate\"")
+    );
+    let r = send_fa(
+        &h,
+        traefik_request(&h, "DELETE", "/api/messages/1", &[("Authorization", &auth)]),
+    )
+    .await;
+    assert_direct_denial(&r, 403, "insufficient_scope");
+    let r = send_fa(
+        &h,
+        traefik_request(&h, "GET", "/public/../api/messages", &[]),
+    )
+    .await;
+    assert_direct_denial(&r, 401, "unauthorized");
+
+    // Public routes: 200 with every identity header present and empty, so
+    // authResponseHeaders replaces a client's copy with nothing.
+    let r = send_fa(
+        &h,
+        traefik_request(&h, "GET", "/public/x", &[("X-Auth-Subject", "admin")]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-auth-subject"), Some(""));
+
+    // Traefik passes the client's X-Original-* on: they cannot pick the path
+    // or the method.
+    let forged = [
+        ("X-Original-URI", "/public/x"),
+        ("X-Original-Method", "GET"),
+    ];
+    let r = send_fa(&h, traefik_request(&h, "GET", "/api/messages", &forged)).await;
+    assert_direct_denial(&r, 400, "invalid_request");
+    let forged = [("X-Original-Method", "GET"), ("Authorization", &auth)];
+    let r = send_fa(
+        &h,
+        traefik_request(&h, "DELETE", "/api/messages/1", &forged),
+    )
+    .await;
+    assert_direct_denial(&r, 400, "invalid_request");
+    assert_eq!(h.upstream.count(), 0, "forward-auth never proxies");
+}
+
+#[tokio::test]
+async fn ingress_nginx_auth_url_emulated() {
+    let h = Harness::start(TRUSTED).await;
+    let auth = h.bearer("message");
+    // ingress-nginx's auth location: X-Original-URL (a full URL) and
+    // X-Original-Method, X-Sent-From, X-Real-IP, X-Forwarded-For, plus
+    // X-Original-URI from the auth-proxy-set-headers ConfigMap, plus every
+    // client header.
+    let ingress = |uri: &str, method: &str, client: &[(&str, &str)]| {
+        let url = format!("https://orders.example.com{uri}");
+        let mut headers: Vec<(String, String)> = vec![
+            ("X-Original-URL".into(), url),
+            ("X-Original-Method".into(), method.into()),
+            ("X-Original-URI".into(), uri.into()),
+            ("X-Sent-From".into(), "nginx-ingress-controller".into()),
+            ("X-Real-IP".into(), "203.0.113.7".into()),
+            ("X-Forwarded-For".into(), "203.0.113.7".into()),
+        ];
+        headers.extend(client.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        build_request("GET", h.fa(), "/verify", &refs, b"")
+    };
+    let r = send_fa(
+        &h,
+        ingress("/api/messages?x=1", "GET", &[("Authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-auth-subject"), Some("user-123"));
+    let r = send_fa(&h, ingress("/api/messages", "GET", &[])).await;
+    assert_direct_denial(&r, 401, "unauthorized");
+    // A client's X-Forwarded-Uri / -Method, passed on by ingress-nginx.
+    let r = send_fa(
+        &h,
+        ingress("/api/messages", "GET", &[("X-Forwarded-Uri", "/public/x")]),
+    )
+    .await;
+    assert_direct_denial(&r, 400, "invalid_request");
+    let forged = [("X-Forwarded-Method", "GET"), ("Authorization", &auth)];
+    let r = send_fa(&h, ingress("/api/messages/1", "DELETE", &forged)).await;
+    assert_direct_denial(&r, 400, "invalid_request");
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_emulated() {
+    let h = Harness::start(TRUSTED).await;
+    let auth = h.bearer("message");
+    let r = send_fa(
+        &h,
+        envoy_request("GET", "/api/messages?x=1", &[("authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-auth-subject"), Some("user-123"));
+    assert_eq!(r.header("x-auth-scopes"), Some("message"));
+    // HEAD is covered by GET.
+    let r = send_fa(
+        &h,
+        envoy_request("HEAD", "/api/messages", &[("authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    let r = send_fa(&h, envoy_request("GET", "/api/messages", &[])).await;
+    assert_direct_denial(&r, 401, "unauthorized");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"scopegate\"")
+    );
+    let r = send_fa(
+        &h,
+        envoy_request("DELETE", "/api/messages/1", &[("authorization", &auth)]),
+    )
+    .await;
+    assert_direct_denial(&r, 403, "insufficient_scope");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("scope=\"message admin\""));
+    let r = send_fa(
+        &h,
+        envoy_request("POST", "/api/messages", &[("authorization", &auth)]),
+    )
+    .await;
+    assert_direct_denial(&r, 404, "not_found");
+    let r = send_fa(&h, envoy_request("GET", "/public/../api/messages", &[])).await;
+    assert_direct_denial(&r, 401, "unauthorized");
+    let r = send_fa(
+        &h,
+        envoy_request("GET", "/api/messages%2F1", &[("authorization", &auth)]),
+    )
+    .await;
+    assert_direct_denial(&r, 400, "invalid_request");
+    // With allowed_headers letting everything through, the client's
+    // X-Forwarded-Uri / X-Original-URI still name nothing: /envoy reads the
+    // path from the request line.
+    let forged = [
+        ("x-forwarded-uri", "/public/x"),
+        ("x-original-uri", "/public/x"),
+    ];
+    let r = send_fa(&h, envoy_request("GET", "/api/messages", &forged)).await;
+    assert_direct_denial(&r, 401, "unauthorized");
+    let r = send_fa(&h, envoy_request("GET", "/public/x", &[])).await;
+    assert_eq!(r.status, 200);
+
+    h.idp
+        .set_mode_for(Endpoint::Introspection, Some(Mode::Status(500)));
+    let r = send_fa(
+        &h,
+        envoy_request(
+            "GET",
+            "/api/messages",
+            &[("authorization", "Bearer opaque-1")],
+        ),
+    )
+    .await;
+    assert_direct_denial(&r, 503, "temporarily_unavailable");
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn emulated_proxies_from_an_untrusted_peer_get_403() {
+    let h = Harness::start(UNTRUSTED).await;
+    let r = send_fa(&h, envoy_request("GET", "/public/x", &[])).await;
+    assert_direct_denial(&r, 403, "forbidden");
+    let r = send_fa(&h, traefik_request(&h, "GET", "/public/x", &[])).await;
+    assert_direct_denial(&r, 403, "forbidden");
+    assert!(r.header("x-auth-subject").is_none());
+}
