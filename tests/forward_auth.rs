@@ -593,7 +593,13 @@ async fn path_tricks_are_normalized(kind: Kind) {
     s.expect(&r, 200, "the trick with a valid token");
     let seen = s.h.upstream.last().unwrap();
     assert_eq!(seen.header_all("x-auth-subject"), ["user-123"]);
-    // Whatever form the proxy forwards, it names the path that was authorized.
+    // Both proxies, as configured, forward the raw target: the very bytes
+    // scopegate normalized and authorized.
+    assert_eq!(
+        seen.path_and_query, "/public/../api/messages",
+        "{} forwarded another form than it had authorized",
+        s.proxy.name
+    );
     assert_eq!(
         scopegate::route::normalize(&seen.path_and_query)
             .as_deref()
