@@ -707,6 +707,43 @@ async fn untrusted_peer_is_403_never_evaluated(kind: Kind) {
     assert_eq!(s.h.idp.introspection_requests(), 0);
 }
 
+/// scopegate down: the proxy fails closed (nginx 500, Caddy 502), nothing is forwarded.
+async fn gateway_unreachable_fails_closed(kind: Kind) {
+    let Some(_) = require(match kind {
+        Kind::Nginx => "nginx",
+        Kind::Caddy => "caddy",
+    }) else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = match kind {
+        Kind::Nginx => start_nginx(nobody, upstream.addr()).await,
+        Kind::Caddy => start_caddy(nobody, upstream.addr()).await,
+    }
+    .expect("binary found above");
+    let request = build_request("GET", proxy.addr, "/public/info", &[], b"");
+    let r = raw_request(proxy.addr, request)
+        .await
+        .expect("the proxy answers");
+    let expected = match kind {
+        Kind::Nginx => 500,
+        Kind::Caddy => 502,
+    };
+    assert_eq!(
+        r.status,
+        expected,
+        "{}: {}\n{}",
+        proxy.name,
+        r.text(),
+        proxy.logs()
+    );
+    if kind == Kind::Nginx {
+        assert_eq!(r.json()["error"], "internal_error");
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
 macro_rules! per_proxy {
     ($($check:ident),* $(,)?) => {
         mod nginx {
@@ -733,6 +770,7 @@ per_proxy!(
     forged_identity_headers_never_reach_upstream,
     client_cannot_name_the_authorized_request,
     untrusted_peer_is_403_never_evaluated,
+    gateway_unreachable_fails_closed,
 );
 
 // ---------------------------------------------------------------- emulated proxies
