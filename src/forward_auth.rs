@@ -72,32 +72,24 @@ fn original_request(
     if path != "/verify" {
         return Err(Rejection::NotFound);
     }
-    let pick = |a: &HeaderName, b: &HeaderName| -> Result<Option<String>, Rejection> {
-        let mut values = headers.get_all(a).iter();
-        let value = match values.next() {
-            Some(v) => {
-                if values.next().is_some() {
-                    return Err(Rejection::BadRequest(
-                        "several values for one original-request header",
-                    ));
-                }
-                v
-            }
-            None => match headers.get(b) {
-                Some(v) => v,
-                None => return Ok(None),
-            },
-        };
-        value
-            .to_str()
-            .map(|s| Some(s.trim().to_owned()))
-            .map_err(|_| Rejection::BadRequest("original-request header is not visible ASCII"))
-    };
-    let uri = match pick(&X_FORWARDED_URI, &X_ORIGINAL_URI)? {
-        Some(uri) => Some(uri),
-        None => pick(&X_ORIGINAL_URL, &X_ORIGINAL_URL)?,
-    };
-    let (method, uri) = match (pick(&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)?, uri) {
+    // Every proxy passes the client's own headers on to the auth request,
+    // and each sets only its own convention: nginx overwrites X-Original-*
+    // but forwards a client's X-Forwarded-Uri, Traefik and Caddy the other
+    // way round. So no convention may win by precedence: every header that is
+    // present must name the same request, or the call is refused.
+    let uri = agreeing(
+        headers,
+        &[&X_FORWARDED_URI, &X_ORIGINAL_URI, &X_ORIGINAL_URL],
+        |v| {
+            v.parse::<http::Uri>()
+                .map(|uri| uri.path().to_owned())
+                .map_err(|_| Rejection::BadRequest("malformed original URI"))
+        },
+    )?;
+    let method = agreeing(headers, &[&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD], |v| {
+        Ok(v.to_ascii_uppercase())
+    })?;
+    let (method, uri) = match (method, uri) {
         (Some(m), Some(u)) => (m, u),
         (None, Some(u)) => ("GET".to_string(), u),
         _ => {
@@ -114,6 +106,44 @@ fn original_request(
         .map_err(|_| Rejection::BadRequest("malformed original URI"))?;
     let path = crate::proxy::target_path(&method, &uri)?;
     Ok((method, path.to_owned()))
+}
+
+/// The value of the first of `names` present, after checking that every one
+/// present holds exactly one value and that they all have the same `key`
+/// (the path of a URI, the uppercased method). `None` when none is present.
+fn agreeing(
+    headers: &HeaderMap,
+    names: &[&HeaderName],
+    key: impl Fn(&str) -> Result<String, Rejection>,
+) -> Result<Option<String>, Rejection> {
+    let mut first: Option<(String, String)> = None;
+    for &name in names {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(Rejection::BadRequest(
+                "several values for one original-request header",
+            ));
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| Rejection::BadRequest("original-request header is not visible ASCII"))?
+            .trim()
+            .to_owned();
+        let value_key = key(&value)?;
+        match &first {
+            None => first = Some((value, value_key)),
+            Some((_, first_key)) if *first_key == value_key => {}
+            Some(_) => {
+                return Err(Rejection::BadRequest(
+                    "original-request headers of two conventions disagree",
+                ))
+            }
+        }
+    }
+    Ok(first.map(|(value, _)| value))
 }
 
 /// Answers one forward-auth request.
@@ -157,8 +187,20 @@ pub async fn respond(
                 .record(decision);
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::OK;
+            let headers = response.headers_mut();
             if let Some(principal) = &allowed.principal {
-                runtime.identity.insert(response.headers_mut(), principal);
+                runtime.identity.insert(headers, principal);
+            }
+            // Every identity header is on every allow, empty when there is no
+            // value (public routes, an absent claim). A proxy that copies a
+            // header only when the answer has it would otherwise leave the
+            // client's own copy in place, and Caddy 2.6's copy_headers then
+            // forwards its unexpanded placeholder
+            // `{http.reverse_proxy.header.X-Auth-Subject}` as the value.
+            for name in runtime.identity.names() {
+                if !headers.contains_key(name) {
+                    headers.insert(name.clone(), http::HeaderValue::from_static(""));
+                }
             }
             response
         }
@@ -237,7 +279,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-method", "post".parse().unwrap());
         h.insert("x-forwarded-uri", "/api/x?y=1".parse().unwrap());
-        h.insert("x-original-uri", "/ignored".parse().unwrap());
         let (m, p) = original_request(&Method::GET, "/verify", &h).unwrap();
         assert_eq!((m, p.as_str()), (Method::POST, "/api/x"));
 
@@ -260,6 +301,94 @@ mod tests {
         assert_eq!(
             original_request(&Method::GET, "/envoyx", &HeaderMap::new()).unwrap_err(),
             Rejection::NotFound
+        );
+    }
+
+    #[test]
+    fn conventions_must_agree() {
+        let check = |headers: &[(&str, &str)], expected: Result<(Method, &str), ()>| {
+            let mut h = HeaderMap::new();
+            for (name, value) in headers {
+                h.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            let got = original_request(&Method::GET, "/verify", &h);
+            match expected {
+                Ok((m, p)) => {
+                    let (gm, gp) = got.unwrap_or_else(|e| panic!("{headers:?}: {e:?}"));
+                    assert_eq!((gm, gp.as_str()), (m, p), "{headers:?}");
+                }
+                Err(()) => assert_eq!(
+                    got.map_err(|e| e.status()),
+                    Err(StatusCode::BAD_REQUEST),
+                    "{headers:?}"
+                ),
+            }
+        };
+        // ingress-nginx: a full URL plus (from the ConfigMap) the URI.
+        check(
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-url", "https://h.example/api/x?q=1"),
+                ("x-original-uri", "/api/x?q=1"),
+            ],
+            Ok((Method::GET, "/api/x")),
+        );
+        check(
+            &[("x-original-url", "https://h.example/api/x")],
+            Ok((Method::GET, "/api/x")),
+        );
+        // A client's X-Forwarded-Uri passed on by nginx next to nginx's own.
+        check(
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/api/x"),
+                ("x-forwarded-uri", "/public/x"),
+            ],
+            Err(()),
+        );
+        // A client's X-Original-URI passed on by Traefik or Caddy.
+        check(
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/api/x"),
+                ("x-original-uri", "/public/x"),
+            ],
+            Err(()),
+        );
+        check(
+            &[
+                ("x-original-uri", "/api/x"),
+                ("x-original-url", "http://h/public/x"),
+            ],
+            Err(()),
+        );
+        // Methods too: a client's X-Forwarded-Method: GET on a DELETE.
+        check(
+            &[
+                ("x-original-method", "DELETE"),
+                ("x-original-uri", "/api/x"),
+                ("x-forwarded-method", "GET"),
+            ],
+            Err(()),
+        );
+        check(
+            &[
+                ("x-forwarded-method", "delete"),
+                ("x-original-method", "DELETE"),
+                ("x-forwarded-uri", "/api/x"),
+            ],
+            Ok((Method::DELETE, "/api/x")),
+        );
+        // Repeated headers of one convention.
+        check(
+            &[
+                ("x-forwarded-uri", "/api/x"),
+                ("x-forwarded-uri", "/public/x"),
+            ],
+            Err(()),
         );
     }
 }

@@ -163,8 +163,9 @@ impl Drop for Background {
     }
 }
 
-/// How many verified tokens the cache holds at most.
-const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// The verified-token cache's memory budget (estimated bytes of claims):
+/// about 20,000 typical access tokens.
+const TOKEN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Verifier {
     pub fn new(settings: AuthSettings) -> Result<Arc<Self>, VerifierSetupError> {
@@ -257,7 +258,7 @@ impl Verifier {
                     && p.settings.leeway == settings.leeway
             })
             .map_or_else(
-                || Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+                || Arc::new(TokenCache::new(TOKEN_CACHE_BYTES)),
                 |p| Arc::clone(&p.cache),
             );
         let introspector = settings
