@@ -209,6 +209,11 @@ pub fn reload(gateway: &Gateway, path: &Path) -> bool {
             {
                 tracing::warn!("listener addresses or TLS files changed: restart scopegate to apply them; the rest of the reload applies now");
             }
+            if crate::server::ServerLimits::from_config(&config)
+                != crate::server::ServerLimits::from_config(old)
+            {
+                tracing::warn!("limits.*, timeouts.client_header or shutdown_grace changed: the listeners keep the values they started with until a restart; the rest of the reload applies now");
+            }
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }

@@ -21,8 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::gateway::Gateway;
 use crate::proxy::{self, Peer};
 
-/// Connection-level settings, read from the runtime at accept time.
-#[derive(Debug, Clone)]
+/// Connection-level settings, read from the config the listener started
+/// with (a reload does not change them).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     pub max_header_bytes: usize,
     pub client_header_timeout: Duration,
