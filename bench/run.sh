@@ -382,12 +382,15 @@ check_row() { # row
     fi
   done
   if [ "$row" = haproxy ] || [ "$row" = scopegate ]; then
-    # ... and refuses what it must: no token, and a token with a broken signature.
+    # ... and refuses what it must: no token, expired, wrong iss/aud, alg none,
+    # HS256 keyed with the public key, a broken signature (tokens_bad.txt).
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${ROW_PORT[$row]}/api/bench")
     [ "$code" = 401 ] || { ROW_NOTE[$row]="no token answered $code, expected 401"; return 1; }
-    tok=$(head -n1 "$OUT/tokens_hot.txt")
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${tok%?}A" "http://127.0.0.1:${ROW_PORT[$row]}/api/bench")
-    [ "$code" = 401 ] || { ROW_NOTE[$row]="a forged signature answered $code, expected 401"; return 1; }
+    local label
+    while read -r label tok; do
+      code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" "http://127.0.0.1:${ROW_PORT[$row]}/api/bench")
+      [ "$code" = 401 ] || { ROW_NOTE[$row]="a token with $label answered $code, expected 401"; return 1; }
+    done <"$OUT/tokens_bad.txt"
   fi
 }
 

@@ -8,6 +8,9 @@ Writes to OUT:
   tokens_hot.txt   one valid token with the scope `bench:read`
   tokens_cold.txt  COUNT distinct valid tokens with `bench:read` (the cold pool)
   tokens_deny.txt  one valid token without `bench:read` (-> 403)
+  tokens_bad.txt   `label token` lines that every gateway must refuse with 401:
+                   expired, wrong iss, wrong aud, alg none, HS256 keyed with
+                   the public key, a broken signature
   tokens.json      what was generated (alg, count, exp), to decide on reuse
 
 Tokens are reused while alg, count, issuer and audience match and they stay
@@ -72,6 +75,33 @@ def make_token(claims: dict) -> str:
     return signing_input.decode() + "." + b64(sign(signing_input))
 
 
+def hs256_token(secret: bytes, claims: dict) -> str:
+    import hashlib
+    import hmac
+
+    signing_input = b64_json({"alg": "HS256", "kid": KID, "typ": "JWT"}) + "." + b64_json(claims)
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(mac)
+
+
+def write_bad_tokens(out, pub_pem: bytes, base: dict, hot: str):
+    """Tokens every gateway must refuse with 401, one `label token` a line."""
+    now = int(time.time())
+    base = dict(base, sub="user-bad")
+    bad = {
+        "expired": make_token(dict(base, iat=now - 7200, exp=now - 3600)),
+        "wrong-iss": make_token(dict(base, iss="https://evil.example")),
+        "wrong-aud": make_token(dict(base, aud="other-api")),
+        "alg-none": b64_json({"alg": "none", "typ": "JWT"}) + "." + b64_json(base) + ".",
+        "hs256-pubkey": hs256_token(pub_pem, base),
+        "bad-signature": hot[:-4] + ("BBBB" if hot.endswith("AAAA") else "AAAA"),
+    }
+    path = os.path.join(out, "tokens_bad.txt")
+    with open(path + ".tmp", "w") as f:
+        f.write("".join(f"{k} {v}\n" for k, v in bad.items()))
+    os.replace(path + ".tmp", path)
+
+
 def _cold_chunk(job):
     start, end, base = job
     out = []
@@ -118,6 +148,16 @@ def main():
         with open(meta_path) as f:
             meta = json.load(f)
         if all(meta.get(k) == v for k, v in want.items()) and meta["exp"] - now > MIN_LIFETIME:
+            if not os.path.exists(os.path.join(args.out, "tokens_bad.txt")):
+                with open(os.path.join(args.out, "key.pem"), "rb") as f:
+                    key_pem = f.read()
+                with open(os.path.join(args.out, "pub.pem"), "rb") as f:
+                    pub_pem = f.read()
+                with open(os.path.join(args.out, "tokens_hot.txt")) as f:
+                    hot = f.read().strip()
+                _init_worker(key_pem, args.alg)
+                base = json.loads(base64.urlsafe_b64decode(hot.split(".")[1] + "=="))
+                write_bad_tokens(args.out, pub_pem, base, hot)
             print(f"tokengen: reusing {args.count} {args.alg} tokens in {args.out} (valid until {meta['exp']})")
             return
     except (OSError, ValueError, KeyError):
@@ -151,6 +191,7 @@ def main():
     write("jwks.json", json.dumps({"keys": [public_jwk(key, args.alg)]}, indent=1) + "\n")
     write("tokens_hot.txt", hot + "\n")
     write("tokens_deny.txt", deny + "\n")
+    write_bad_tokens(args.out, pub_pem, base, hot)
     write("tokens_cold.txt", "\n".join(cold) + "\n")
     write("tokens.json", json.dumps(dict(want, exp=exp, kid=KID)) + "\n")
     print(f"tokengen: {args.count} {args.alg} tokens in {time.time() - t0:.1f}s -> {args.out}")

@@ -86,7 +86,7 @@ fn rs256() -> Case {
     Case {
         name: "RS256",
         token: format!("{input}.{}", b64(&sig)),
-        decoding_key: DecodingKey::from_rsa_raw_components(&n, &e),
+        decoding_key: DecodingKey::from_rsa_raw_components(n, e),
         validation: validation(Algorithm::RS256),
         public_key: public.as_ref().to_vec(),
         raw_alg: &signature::RSA_PKCS1_2048_8192_SHA256,
@@ -94,8 +94,8 @@ fn rs256() -> Case {
 }
 
 fn es256() -> Case {
-    let pair = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-        .expect("P-256 keygen");
+    let pair =
+        EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 keygen");
     let input = signing_input("ES256");
     let sig = pair
         .sign(&SystemRandom::new(), input.as_bytes())
@@ -132,8 +132,12 @@ fn cases() -> Vec<Case> {
     let cases = vec![rs256(), es256(), eddsa()];
     for case in &cases {
         // A bench of a check that fails would measure the wrong path.
-        jsonwebtoken::decode::<serde_json::Value>(&case.token, &case.decoding_key, &case.validation)
-            .unwrap_or_else(|e| panic!("{} token does not verify: {e}", case.name));
+        jsonwebtoken::decode::<serde_json::Value>(
+            &case.token,
+            &case.decoding_key,
+            &case.validation,
+        )
+        .unwrap_or_else(|e| panic!("{} token does not verify: {e}", case.name));
     }
     cases
 }
