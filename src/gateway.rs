@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
+use tokio::sync::oneshot;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub struct UpstreamTarget {
 pub struct Runtime {
     pub config: Config,
     pub verifier: Arc<Verifier>,
+    /// Dropped with the last runtime that uses `verifier`: stops its background refresh.
+    verifier_task: Arc<oneshot::Sender<()>>,
     pub identity: IdentityHeaders,
     pub upstreams: Vec<UpstreamTarget>,
     /// Per route, indexed by `Route::index`.
@@ -55,10 +58,19 @@ impl Runtime {
         metrics: &Metrics,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, BuildError> {
-        let verifier = match previous {
-            Some(p) if p.config.auth == config.auth => p.verifier.clone(),
-            _ => Verifier::new(config.auth.clone())
-                .map_err(|e| BuildError::Verifier(e.to_string()))?,
+        let (verifier, verifier_task) = match previous {
+            Some(p) if p.config.auth == config.auth => {
+                (p.verifier.clone(), p.verifier_task.clone())
+            }
+            _ => {
+                let verifier = Verifier::new(config.auth.clone())
+                    .map_err(|e| BuildError::Verifier(e.to_string()))?;
+                let (stop, stopped) = oneshot::channel::<()>();
+                tokio::spawn(verifier.clone().run_background(async move {
+                    let _ = stopped.await;
+                }));
+                (verifier, Arc::new(stop))
+            }
         };
         let client_settings = ClientSettings {
             connect_timeout: config.timeouts.upstream_connect,
@@ -87,6 +99,7 @@ impl Runtime {
         Ok(Runtime {
             config,
             verifier,
+            verifier_task,
             identity,
             upstreams,
             counters,
@@ -162,5 +175,39 @@ impl Gateway {
 }
 
 impl crate::metrics::MetricsSource for Verifier {
-    fn render(&self, _out: &mut String) {}
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = self.metrics();
+        let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+        counter(
+            "scopegate_jwks_fetches_total",
+            "JWKS fetches by result.",
+            &[
+                ("result=\"ok\"", m.jwks_fetch_ok),
+                ("result=\"error\"", m.jwks_fetch_error),
+            ],
+        );
+        counter(
+            "scopegate_token_cache_requests_total",
+            "Verified-token cache lookups (JWT and introspection) by result.",
+            &[
+                ("result=\"hit\"", m.token_cache_hits),
+                ("result=\"miss\"", m.token_cache_misses),
+            ],
+        );
+        counter(
+            "scopegate_introspection_requests_total",
+            "Introspection requests by result.",
+            &[
+                ("result=\"ok\"", m.introspection_ok),
+                ("result=\"error\"", m.introspection_error),
+            ],
+        );
+    }
 }

@@ -1,13 +1,37 @@
 //! Token verification: (token) -> Principal | AuthError, and the scope check.
 //! No inbound HTTP types here; the proxy hands over the bare token string.
 //!
-//! (skeleton: the real implementation replaces this file)
+//! Code map: `jwt` (form, header, signature, claims), `jwks` (key sets per
+//! issuer: fetch, cache, single-flight refetch, readiness), `introspect`
+//! (RFC 7662 for opaque tokens), `fetch` (the HTTP(S) client for the IdP),
+//! `token_cache` (SHA-256(token) -> claims), `metrics` (counters).
 
+mod fetch;
+mod introspect;
+mod jwks;
+mod jwt;
+mod metrics;
+mod token_cache;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::route::Requirement;
+
+pub use fetch::ClientSetupError;
+pub use metrics::AuthMetrics;
+
+use fetch::IdpClient;
+use introspect::Introspector;
+use jwks::{IssuerKeys, KeySet, KeySets, Lookup, Tuning};
+use metrics::Counters;
+use token_cache::{now_unix, token_hash, Cached, TokenCache};
 
 pub use jsonwebtoken::Algorithm;
 
@@ -102,24 +126,221 @@ pub enum AuthError {
     },
 }
 
-/// Verifies tokens against the configured issuers and introspection endpoint.
-pub struct Verifier {
-    _settings: AuthSettings,
+/// Building a [`Verifier`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierSetupError {
+    #[error(transparent)]
+    Client(#[from] ClientSetupError),
+    #[error("issuer {issuer}: {message}")]
+    Issuer {
+        issuer: String,
+        message: &'static str,
+    },
 }
 
+/// Verifies tokens against the configured issuers and introspection endpoint.
+pub struct Verifier {
+    settings: AuthSettings,
+    key_sets: KeySets,
+    introspector: Option<Introspector>,
+    cache: TokenCache,
+    counters: Arc<Counters>,
+}
+
+/// How many verified tokens the cache holds at most.
+const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+
 impl Verifier {
-    pub fn new(settings: AuthSettings) -> Result<Arc<Self>, anyhow::Error> {
+    pub fn new(settings: AuthSettings) -> Result<Arc<Self>, VerifierSetupError> {
+        Self::with_tuning(settings, Tuning::default())
+    }
+
+    pub(crate) fn with_tuning(
+        settings: AuthSettings,
+        tuning: Tuning,
+    ) -> Result<Arc<Self>, VerifierSetupError> {
+        for (i, issuer) in settings.issuers.iter().enumerate() {
+            let fail = |message| VerifierSetupError::Issuer {
+                issuer: issuer.issuer.clone(),
+                message,
+            };
+            if issuer.audiences.is_empty() {
+                return Err(fail("no audiences"));
+            }
+            if issuer.algorithms.is_empty() {
+                return Err(fail("empty algorithm list"));
+            }
+            if issuer
+                .algorithms
+                .iter()
+                .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+            {
+                return Err(fail("HMAC algorithms are never accepted for a JWKS issuer"));
+            }
+            if settings.issuers[..i]
+                .iter()
+                .any(|o| o.issuer == issuer.issuer)
+            {
+                return Err(fail("configured twice"));
+            }
+        }
+        let client = Arc::new(IdpClient::new(
+            settings.ca_file.as_deref(),
+            settings.idp_timeout,
+        )?);
+        let counters = Arc::new(Counters::default());
+        let issuers = settings
+            .issuers
+            .iter()
+            .map(|s| {
+                Arc::new(IssuerKeys::new(
+                    s.clone(),
+                    Arc::clone(&client),
+                    Arc::clone(&counters),
+                    tuning,
+                ))
+            })
+            .collect();
+        let introspector = settings
+            .introspection
+            .clone()
+            .map(|s| Introspector::new(s, Arc::clone(&client), Arc::clone(&counters)));
         Ok(Arc::new(Verifier {
-            _settings: settings,
+            key_sets: KeySets { issuers },
+            introspector,
+            cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
+            counters,
+            settings,
         }))
     }
 
-    pub async fn verify(&self, _token: &str) -> Result<Arc<Principal>, AuthError> {
-        Err(AuthError::InvalidToken("not implemented"))
+    /// Keeps every issuer's key set fresh until `shutdown` resolves: fetches
+    /// at once, retries with backoff (at most 5 s) until the first success,
+    /// then refreshes every `jwks_refresh`.
+    pub async fn run_background(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for issuer in &self.key_sets.issuers {
+            tasks.spawn(Arc::clone(issuer).run_refresh());
+        }
+        shutdown.await;
+        tasks.abort_all();
     }
 
+    /// Every issuer's keys were fetched successfully at least once.
     pub fn is_ready(&self) -> bool {
-        true
+        self.key_sets.all_fetched()
+    }
+
+    /// Resolves once [`Verifier::is_ready`] holds (needs `run_background`
+    /// running, or tokens arriving, to make progress).
+    pub async fn wait_ready(&self) {
+        for issuer in &self.key_sets.issuers {
+            issuer.wait_fetched().await;
+        }
+    }
+
+    /// A snapshot of the counters, for `/metrics`.
+    pub fn metrics(&self) -> AuthMetrics {
+        self.counters.snapshot()
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if !jwt::looks_like_jwt(token) {
+            return match &self.introspector {
+                Some(introspector) => introspector.verify(&self.cache, token).await,
+                None => Err(AuthError::InvalidToken("not a JWT")),
+            };
+        }
+        self.verify_jwt(token).await
+    }
+
+    async fn verify_jwt(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let hash = token_hash(token);
+        if let Some(hit) = self.cache.get(&hash).await {
+            if let (Some(principal), Some(with)) = (&hit.principal, &hit.verified_with) {
+                if self.still_current(principal, with) {
+                    self.counters
+                        .token_cache_hits
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(Arc::clone(principal));
+                }
+            }
+            self.cache.invalidate(&hash).await;
+        }
+        self.counters
+            .token_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
+
+        let parsed = jwt::parse(token)?;
+        let issuer = self
+            .key_sets
+            .issuer(parsed.issuer()?)
+            .ok_or(AuthError::InvalidToken("unknown issuer"))?;
+        parsed.check_header_for(&issuer.settings)?;
+
+        let kid = parsed.kid.as_deref();
+        let find = |set: &KeySet| match set.find(kid, parsed.alg, &parsed.alg_name) {
+            Lookup::Found(_) => Ok(true),
+            Lookup::Missing => Ok(false),
+            Lookup::Unusable => Err(AuthError::InvalidToken("algorithm does not fit the key")),
+            Lookup::Ambiguous => Err(AuthError::InvalidToken("kid required")),
+        };
+        // The hot path: the current set holds the key. Otherwise one
+        // (rate-limited, shared) refetch, then decide.
+        let set = match issuer.current() {
+            Some(set) if find(&set)? => set,
+            _ => {
+                issuer.refetch_for_unknown_kid().await;
+                match issuer.current() {
+                    Some(set) if find(&set)? => set,
+                    _ if issuer.last_fetch_ok() => {
+                        return Err(AuthError::InvalidToken("unknown key"))
+                    }
+                    _ => {
+                        return Err(AuthError::Unavailable {
+                            reason: "issuer keys unavailable",
+                            retry_after: issuer.retry_after(),
+                        })
+                    }
+                }
+            }
+        };
+        let Lookup::Found(key) = set.find(kid, parsed.alg, &parsed.alg_name) else {
+            return Err(AuthError::InvalidToken("unknown key"));
+        };
+        parsed.verify_signature(key)?;
+        let leeway = self.settings.leeway.as_secs();
+        let principal = Arc::new(jwt::check_claims(
+            parsed.claims,
+            &issuer.settings,
+            leeway,
+            now_unix(),
+        )?);
+        self.cache
+            .insert(
+                hash,
+                Cached {
+                    principal: Some(Arc::clone(&principal)),
+                    rejection: "",
+                    until: principal.expires_at,
+                    verified_with: Some(Arc::downgrade(&set)),
+                },
+            )
+            .await;
+        Ok(principal)
+    }
+
+    /// Is the key set a cached JWT was verified with still its issuer's current one?
+    fn still_current(&self, principal: &Principal, with: &Weak<KeySet>) -> bool {
+        let Some(serde_json::Value::String(iss)) = principal.claims.get("iss") else {
+            return false;
+        };
+        let (Some(issuer), Some(with)) = (self.key_sets.issuer(iss), with.upgrade()) else {
+            return false;
+        };
+        issuer
+            .current()
+            .is_some_and(|current| Arc::ptr_eq(&current, &with))
     }
 }
 
