@@ -426,9 +426,21 @@ run_wrk() { # port scenario connections duration -> WRK_JSON line on stdout
     awk '/^WRK_JSON / { sub(/^WRK_JSON /, ""); print; found = 1 } END { exit !found }'
 }
 
+# scopegate's verified-token cache counters: "hits misses" (0 0 for other rows).
+cache_counts() { # row
+  if [ "$1" != scopegate ]; then
+    echo "0 0"
+    return
+  fi
+  curl -s --max-time 2 "http://127.0.0.1:$P_SG_ADMIN/metrics" |
+    awk '/^scopegate_token_cache_requests_total/ { if ($1 ~ /"hit"/) h = $2; if ($1 ~ /"miss"/) m = $2 }
+         END { printf "%d %d\n", h, m }'
+}
+
 # One measured cell: wrk against a row, gateway and upstream CPU around it.
 measure() { # round scenario row
-  local round=$1 s=$2 row=$3 port=${ROW_PORT[$3]} pids=${ROW_PIDS[$3]} t0 t1 u0 u1 w
+  local round=$1 s=$2 row=$3 port=${ROW_PORT[$3]} pids=${ROW_PIDS[$3]} t0 t1 u0 u1 w h0 m0 h1 m1
+  read -r h0 m0 < <(cache_counts "$row")
   # shellcheck disable=SC2086
   t0=$(cpu_ticks $pids)
   # shellcheck disable=SC2086
@@ -441,10 +453,11 @@ measure() { # round scenario row
   t1=$(cpu_ticks $pids)
   # shellcheck disable=SC2086
   u1=$(cpu_ticks $UP_PIDS)
-  printf '{"round":%d,"scenario":"%s","row":"%s","expect":%d,"cpu_ms":%d,"upstream_cpu_ms":%d,"wrk":%s}\n' \
+  read -r h1 m1 < <(cache_counts "$row")
+  printf '{"round":%d,"scenario":"%s","row":"%s","expect":%d,"cpu_ms":%d,"upstream_cpu_ms":%d,"cache_hits":%d,"cache_misses":%d,"wrk":%s}\n' \
     "$round" "$s" "$row" "$(scenario_status "$s")" \
-    $(((t1 - t0) * 1000 / CLK_TCK)) $(((u1 - u0) * 1000 / CLK_TCK)) "$w" >>"$RAW"
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); w=r["wrk"]; n=w["requests"]; print("  r%d %-6s %-9s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  cpu %7.1f ms/1k  status-errors %d" % (r["round"], r["scenario"], r["row"], n/(w["duration_us"]/1e6), w["latency_us"]["p50"]/1e3, w["latency_us"]["p99"]/1e3, r["cpu_ms"]*1000/max(n,1), w["errors"]["status"]))' "$(tail -n1 "$RAW")" >&2
+    $(((t1 - t0) * 1000 / CLK_TCK)) $(((u1 - u0) * 1000 / CLK_TCK)) $((h1 - h0)) $((m1 - m0)) "$w" >>"$RAW"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); w=r["wrk"]; n=w["requests"]; c=r["cache_hits"]+r["cache_misses"]; print("  r%d %-6s %-9s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  cpu %7.1f ms/1k  status-errors %d%s" % (r["round"], r["scenario"], r["row"], n/(w["duration_us"]/1e6), w["latency_us"]["p50"]/1e3, w["latency_us"]["p99"]/1e3, r["cpu_ms"]*1000/max(n,1), w["errors"]["status"], "  cache hits %.0f%%" % (100*r["cache_hits"]/c) if c else ""))' "$(tail -n1 "$RAW")" >&2
 }
 
 for row in "${ACTIVE[@]}"; do
