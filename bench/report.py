@@ -225,7 +225,10 @@ def render(doc, scenarios):
         mb = lambda kb: fmt(kb / 1024, 1, " MB") if kb else "–"  # noqa: E731
         w(f"| {row} | {mb(r['rss_idle_kb'])} | {mb(r['rss_after_kb'])} | {mb(r['rss_peak_kb'])} | {mb(r['rss_c1000_kb'])} |")
     w("")
-    w("RSS is VmRSS summed over the gateway's processes (nginx: master + workers, shared pages counted in each).")
+    w("RSS is VmRSS summed over the gateway's processes (nginx: master + workers, shared pages counted in each). "
+      "Idle: after start. 1,000 connections: sampled mid-way through a hot run with 1,000 connections, before the rounds. "
+      "After the load: after all the rounds (for scopegate, with the verified-token cache filled by the cold scenario). "
+      "Peak: VmHWM at the end.")
     w("")
     if doc["half_load"]:
         w("p99 added over direct at half of each gateway's max hot load (fixed rate, `hey -q`: a closed-loop "

@@ -465,25 +465,9 @@ for row in "${ACTIVE[@]}"; do
   run_wrk "${ROW_PORT[$row]}" hot "$CONNECTIONS" "$WARMUP" >/dev/null || true
 done
 
-# Interleaved: every round runs every scenario on every row, rotating the row
-# order so that no row always goes first (or always follows the same one).
-n_active=${#ACTIVE[@]}
-for round in $(seq "$ROUNDS"); do
-  log "round $round/$ROUNDS (${DURATION}s per cell, $CONNECTIONS connections)"
-  for s in $SCENARIOS; do
-    for i in $(seq 0 $((n_active - 1))); do
-      measure "$round" "$s" "${ACTIVE[$(((i + round - 1) % n_active))]}"
-    done
-  done
-done
-
-declare -A ROW_RSS_AFTER ROW_HWM ROW_RSS_C1000
-for row in "${ACTIVE[@]}"; do
-  # shellcheck disable=SC2086
-  ROW_RSS_AFTER[$row]=$(mem_kb VmRSS ${ROW_PIDS[$row]})
-done
-
-# RSS while 1,000 connections are open (sampled in the middle of a hot run).
+declare -A ROW_RSS_C1000
+# RSS while 1,000 connections are open (sampled in the middle of a hot run),
+# before the rounds, so that it measures connections, not a full token cache.
 if [ "$C1000" = 1 ]; then
   for row in "${ACTIVE[@]}"; do
     [ "$row" = direct ] && continue
@@ -501,6 +485,24 @@ if [ "$C1000" = 1 ]; then
     log "  $row: ${ROW_RSS_C1000[$row]} kB with 1,000 connections"
   done
 fi
+# Interleaved: every round runs every scenario on every row, rotating the row
+# order so that no row always goes first (or always follows the same one).
+n_active=${#ACTIVE[@]}
+for round in $(seq "$ROUNDS"); do
+  log "round $round/$ROUNDS (${DURATION}s per cell, $CONNECTIONS connections)"
+  for s in $SCENARIOS; do
+    for i in $(seq 0 $((n_active - 1))); do
+      measure "$round" "$s" "${ACTIVE[$(((i + round - 1) % n_active))]}"
+    done
+  done
+done
+
+declare -A ROW_RSS_AFTER ROW_HWM
+for row in "${ACTIVE[@]}"; do
+  # shellcheck disable=SC2086
+  ROW_RSS_AFTER[$row]=$(mem_kb VmRSS ${ROW_PIDS[$row]})
+done
+
 for row in "${ACTIVE[@]}"; do
   # shellcheck disable=SC2086
   ROW_HWM[$row]=$(mem_kb VmHWM ${ROW_PIDS[$row]})
