@@ -28,6 +28,8 @@ static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-met
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+/// ingress-nginx names the original request as a full URL here.
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 
 /// The prefix Envoy's `ext_authz` `path_prefix` is configured with.
 pub const ENVOY_PREFIX: &str = "/envoy";
@@ -91,10 +93,11 @@ fn original_request(
             .map(|s| Some(s.trim().to_owned()))
             .map_err(|_| Rejection::BadRequest("original-request header is not visible ASCII"))
     };
-    let (method, uri) = match (
-        pick(&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)?,
-        pick(&X_FORWARDED_URI, &X_ORIGINAL_URI)?,
-    ) {
+    let uri = match pick(&X_FORWARDED_URI, &X_ORIGINAL_URI)? {
+        Some(uri) => Some(uri),
+        None => pick(&X_ORIGINAL_URL, &X_ORIGINAL_URL)?,
+    };
+    let (method, uri) = match (pick(&X_FORWARDED_METHOD, &X_ORIGINAL_METHOD)?, uri) {
         (Some(m), Some(u)) => (m, u),
         (None, Some(u)) => ("GET".to_string(), u),
         _ => {

@@ -333,11 +333,13 @@ async fn request_and_response_bodies_stream() {
     h.upstream
         .set_mode(support::upstream::Mode::StreamManual)
         .await;
-    let sender = h.upstream.stream_sender().await;
     let mut conn = support::RawConn::connect(h.addr()).await.unwrap();
     conn.write(&build_request("GET", h.addr(), "/public/stream", &[], b""))
         .await
         .unwrap();
+    let sender = tokio::time::timeout(Duration::from_secs(5), h.upstream.stream_sender())
+        .await
+        .expect("the upstream started its response");
     sender
         .send(bytes::Bytes::from_static(b"first piece"))
         .await
@@ -767,24 +769,65 @@ async fn issuer_down_with_a_warm_cache_keeps_verifying() {
     // A token never seen before, signed by the cached key.
     let fresh = h.key.sign(&h.claims("message email"));
     assert_eq!(h.get_with_token("/api/messages", &fresh).await.status, 200);
-    // An unknown kid while the issuer is unreachable: 503, not 401.
+    // An unknown kid within 10 s of the last (successful) fetch: no refetch,
+    // and the last fetch succeeded, so the token is invalid.
+    let before = h.idp.jwks_requests();
     let rotated = TestKey::generate(Alg::RS256, "key-2");
     let r = h
         .get_with_token("/api/messages", &rotated.sign(&h.claims("message")))
         .await;
-    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(h.idp.jwks_requests(), before);
 }
 
 #[tokio::test]
 async fn key_rotation_is_picked_up_and_dropped_keys_stop_verifying() {
-    let h = start().await;
+    let key = TestKey::generate(Alg::RS256, "key-1");
+    let idp = Idp::start_with_keys(&[&key]).await;
+    let upstream = Upstream::start().await;
+    let text = config_text(&idp, &upstream.url(), "", ROUTES).replace(
+        "algorithms: [RS256, ES256, EdDSA]",
+        "algorithms: [RS256, ES256, EdDSA]\n    jwks_refresh: 1s",
+    );
+    let gw = start_gateway(&text).await;
+    wait_ready(&gw).await;
+    let addr = gw.proxy_addr;
+    let claims = valid_claims(&idp.issuer(), AUD, "message", Duration::from_secs(600));
+    let call = |token: String| async move {
+        get(
+            addr,
+            "/api/messages",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .status
+    };
+    let old_token = key.sign(&claims);
+    assert_eq!(call(old_token.clone()).await, 200);
+
+    // The issuer rotates: the new key set replaces the old one whole.
     let new_key = TestKey::generate(Alg::ES256, "key-2");
-    h.idp
-        .set_keys(vec![h.key.public_jwk(), new_key.public_jwk()]);
-    let r = h
-        .get_with_token("/api/messages", &new_key.sign(&h.claims("message")))
-        .await;
-    assert_eq!(r.status, 200, "new kid triggers a refetch: {}", r.text());
+    idp.set_keys(vec![new_key.public_jwk()]);
+    let seen = idp.jwks_requests();
+    tokio::time::timeout(Duration::from_secs(10), idp.wait_jwks_requests(seen + 1))
+        .await
+        .expect("background refresh");
+    // The refresh has been answered; the gateway installs it right after.
+    let mut new_status = 0;
+    for _ in 0..200 {
+        new_status = call(new_key.sign(&claims)).await;
+        if new_status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(new_status, 200, "the new key verifies after the refresh");
+    assert_eq!(
+        call(old_token).await,
+        401,
+        "a dropped key stops verifying, cached or not"
+    );
+    assert_eq!(call(key.sign(&claims)).await, 401);
 }
 
 #[tokio::test]

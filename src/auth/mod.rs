@@ -147,8 +147,9 @@ pub struct Verifier {
     counters: Arc<Counters>,
 }
 
-/// How many verified tokens the cache holds at most.
-const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// The verified-token cache's memory budget (estimated bytes of claims):
+/// about 20,000 typical access tokens.
+const TOKEN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Verifier {
     pub fn new(settings: AuthSettings) -> Result<Arc<Self>, VerifierSetupError> {
@@ -208,7 +209,7 @@ impl Verifier {
         Ok(Arc::new(Verifier {
             key_sets: KeySets { issuers },
             introspector,
-            cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
+            cache: TokenCache::new(TOKEN_CACHE_BYTES),
             counters,
             settings,
         }))

@@ -56,11 +56,42 @@ pub(crate) struct TokenCache {
     inner: moka::future::Cache<TokenHash, Cached>,
 }
 
+/// Roughly how many bytes an entry holds: the claims' keys and string
+/// values plus fixed overhead. The cache is bounded by this weight, not by
+/// an entry count, so tokens with large claim sets cannot blow the memory
+/// budget.
+fn weight(_key: &TokenHash, value: &Cached) -> u32 {
+    fn json_bytes(v: &serde_json::Value) -> usize {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => s.len() + 24,
+            Value::Array(items) => 24 + items.iter().map(json_bytes).sum::<usize>(),
+            Value::Object(map) => {
+                48 + map
+                    .iter()
+                    .map(|(k, v)| k.len() + 48 + json_bytes(v))
+                    .sum::<usize>()
+            }
+            _ => 16,
+        }
+    }
+    let claims = value.principal.as_ref().map_or(0, |p| {
+        p.claims
+            .iter()
+            .map(|(k, v)| k.len() + 48 + json_bytes(v))
+            .sum::<usize>()
+            + p.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
+    });
+    u32::try_from(256 + claims).unwrap_or(u32::MAX)
+}
+
 impl TokenCache {
-    pub(crate) fn new(capacity: u64) -> Self {
+    /// A cache holding at most about `max_bytes` of entries.
+    pub(crate) fn new(max_bytes: u64) -> Self {
         TokenCache {
             inner: moka::future::Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(max_bytes)
+                .weigher(weight)
                 .expire_after(UntilExpiry)
                 .build(),
         }

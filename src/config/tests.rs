@@ -793,3 +793,21 @@ fn a_missing_env_var_in_the_contract_example_is_one_error_at_the_string() {
         ["routes.yaml:21:18: environment variable `SG_TEST_SECRET_FULL_EXAMPLE_7F3A` is not set"]
     );
 }
+
+#[test]
+fn shipped_schema_is_current() {
+    let shipped = include_str!("../../routes.schema.json");
+    assert_eq!(
+        shipped.trim_end(),
+        json_schema().trim_end(),
+        "routes.schema.json is stale: run `scopegate schema > routes.schema.json`"
+    );
+}
+
+#[test]
+fn shipped_routes_yaml_loads() {
+    let text = include_str!("../../routes.yaml");
+    let config =
+        from_yaml(text, std::path::Path::new("routes.yaml")).expect("shipped routes.yaml loads");
+    assert_eq!(config.routes.routes().len(), 5);
+}
