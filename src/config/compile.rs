@@ -774,11 +774,34 @@ pub(crate) fn place_route_errors(ctx: &mut Ctx<'_>, errs: &[RouteError], origin:
     for e in errs {
         let file_index = origin.get(e.index).copied().unwrap_or(e.index);
         let p = item("routes", file_index);
-        ctx.error(&p, format!("{p}: {}", e.message));
+        let message = renumber_route_mentions(&e.message, origin);
+        ctx.error(&p, format!("{p}: {message}"));
     }
     if errs.is_empty() {
         ctx.error("routes", "routes: the route table could not be built");
     }
+}
+
+/// The route table numbers routes as it was handed them (`route #N`, 1-based);
+/// in the file, routes with errors were left out, so renumber to file positions.
+fn renumber_route_mentions(message: &str, origin: &[usize]) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("route #") {
+        let (before, after) = rest.split_at(at + "route #".len());
+        out.push_str(before);
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(n) if n >= 1 => {
+                let file_n = origin.get(n - 1).map_or(n, |i| i + 1);
+                out.push_str(&file_n.to_string());
+            }
+            _ => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Two listeners that cannot both bind.

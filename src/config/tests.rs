@@ -811,3 +811,20 @@ fn shipped_routes_yaml_loads() {
         from_yaml(text, std::path::Path::new("routes.yaml")).expect("shipped routes.yaml loads");
     assert_eq!(config.routes.routes().len(), 5);
 }
+
+#[test]
+fn conflict_messages_name_routes_by_their_file_position() {
+    let text = "upstream: http://127.0.0.1:3000\nroutes:\n  - path: /a\n    scope: [x]\n  - path: /c/{id}\n    public: true\n  - path: /c/{other}\n    public: true\n";
+    let errors = from_yaml(text, Path::new("r.yaml")).unwrap_err();
+    let conflict = errors
+        .0
+        .iter()
+        .find(|e| e.message.contains("conflicts"))
+        .expect("a conflict error");
+    assert!(
+        conflict.message.contains("route #2 (/c/{id})"),
+        "{}",
+        conflict.message
+    );
+    assert_eq!((conflict.line, conflict.col), (7, 5));
+}
