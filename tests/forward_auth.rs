@@ -266,7 +266,7 @@ http {{
         .arg("stderr")
         .arg("-g")
         .arg(format!(
-            "daemon off; pid {d}/nginx.pid; error_log stderr notice;"
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log stderr notice;"
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -46,7 +46,7 @@ impl UpstreamClient {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(128)
             .set_host(false)
             .build(connector);
         Ok(UpstreamClient { client, settings })
