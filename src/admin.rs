@@ -67,14 +67,7 @@ pub async fn serve(
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener, "admin") => accepted,
         };
         let gateway = gateway.clone();
         let service = service_fn(move |request| {

@@ -220,14 +220,7 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "forward-auth accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::server::accept(&listener, "forward-auth") => accepted,
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();

@@ -86,15 +86,7 @@ pub async fn serve(
         };
         let (stream, addr) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, "proxy") => accepted,
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
@@ -230,6 +222,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FirstReadDeadline<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// The next connection on `listener`. Accept errors (EMFILE and friends) are
+/// logged and retried after a short pause instead of spinning. Cancel-safe.
+pub async fn accept(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
