@@ -10,6 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -39,7 +40,38 @@ struct Harness {
     key: TestKey,
 }
 
+/// Everything the gateway logs in this test binary (all tests share it),
+/// at every level of scopegate's own targets.
+fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("scopegate=trace,info"))
+            .with_writer(move || LogSink(Arc::clone(&sink)))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        buffer
+    })
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 async fn start_with(extra: &str) -> Harness {
+    captured_logs();
     let key = TestKey::generate(Alg::ES256, "key-1");
     let idp = Idp::start_with_keys(&[&key]).await;
     let upstream = Upstream::start().await;
@@ -587,4 +619,52 @@ async fn chunked_smuggling_attempt_reaches_upstream_as_one_request_at_most() {
     assert_eq!(seen[0].path_and_query, "/public/form");
     assert_eq!(seen[0].body, smuggled.as_bytes());
     h.assert_serves().await;
+}
+
+// -------------------------------------------------------------------- logs
+
+#[tokio::test]
+async fn tokens_and_credentials_never_reach_the_logs() {
+    let h = start_with("").await;
+    let good = h.token();
+    let stranger = TestKey::generate(Alg::ES256, "key-unknown");
+    let unknown_kid = h.token_for(&stranger);
+    let mut forged = good.clone();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    let opaque = "opaque-SECRET-9f8e7d6c5b4a";
+    let basic = "Basic c2VjcmV0LXVzZXI6czNjcjN0LXBhc3N3b3Jk";
+    for auth in [
+        format!("Bearer {good}"),
+        format!("Bearer {unknown_kid}"),
+        format!("Bearer {forged}"),
+        format!("Bearer {opaque}"),
+        format!("Bearer {opaque} trailing"),
+        basic.to_owned(),
+    ] {
+        let r = get(
+            h.addr(),
+            "/api/x?access_token=QUERY-SECRET",
+            &[("Authorization", &auth)],
+        )
+        .await;
+        assert!(r.status < 500, "{}", r.status);
+    }
+    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("scopegate::access"),
+        "access log was captured"
+    );
+    for secret in [&good, &unknown_kid, &forged] {
+        for part in secret.split('.') {
+            assert!(!logs.contains(part), "a token part reached the logs");
+        }
+    }
+    for secret in [
+        opaque,
+        "c2VjcmV0LXVzZXI6czNjcjN0LXBhc3N3b3Jk",
+        "QUERY-SECRET",
+    ] {
+        assert!(!logs.contains(secret), "{secret} reached the logs");
+    }
 }
