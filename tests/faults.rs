@@ -31,6 +31,8 @@ routes:
     public: true
   - path: /api/**
     scopes: [message]
+  - path: /admin/**
+    scopes: [admin]
 "#;
 
 struct Harness {
@@ -666,5 +668,48 @@ async fn tokens_and_credentials_never_reach_the_logs() {
         "QUERY-SECRET",
     ] {
         assert!(!logs.contains(secret), "{secret} reached the logs");
+    }
+}
+
+// ------------------------------------------------------------ confusion
+
+/// The verified-token cache holds claims, never a decision: a token cached
+/// after a 200 on one route is still 403 on a route needing other scopes.
+#[tokio::test]
+async fn a_cached_token_is_rechecked_on_every_route() {
+    let h = start_with("").await;
+    let token = h.token();
+    let auth = format!("Bearer {token}");
+    for _ in 0..3 {
+        assert_eq!(h.api(&token).await.status, 200);
+        let r = get(h.addr(), "/admin/users", &[("Authorization", &auth)]).await;
+        assert_status(&r, 403, "insufficient_scope");
+    }
+    assert!(h
+        .upstream
+        .requests()
+        .iter()
+        .all(|r| !r.path_and_query.starts_with("/admin")));
+}
+
+/// A `#` in the request line never reaches the gateway's matcher: the URI
+/// parser (http crate) drops the fragment, and what is matched is exactly
+/// what is forwarded, so gateway and upstream cannot disagree.
+#[tokio::test]
+async fn a_fragment_in_the_request_line_is_dropped_before_matching() {
+    let h = start_with("").await;
+    let host = h.addr();
+    let request = format!(
+        "GET /public/a#/../../admin/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw_request(host, request.as_bytes()).await.unwrap();
+    match r.status {
+        200 => {
+            let seen = h.upstream.requests();
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].path_and_query, "/public/a");
+        }
+        400 => assert_eq!(h.upstream.count(), 0),
+        other => panic!("unexpected {other}"),
     }
 }
