@@ -150,7 +150,7 @@ impl Introspector {
                 return Err(self.unavailable());
             }
         };
-        let result = self.judge(doc, now_unix());
+        let result = judge(&self.settings, doc, now_unix());
         match &result {
             Ok(_) => self
                 .counters
@@ -170,72 +170,75 @@ impl Introspector {
             .fetch_add(1, Ordering::Relaxed);
         UNAVAILABLE
     }
+}
 
-    /// Checks an RFC 7662 answer; `Err` when it is not one.
-    fn judge(&self, doc: Map<String, Value>, now: u64) -> Result<Cached, AuthError> {
-        let s = &self.settings;
-        let negative = |rejection: &'static str| Cached {
-            principal: None,
-            rejection,
-            until: now.saturating_add(INACTIVE_TTL.min(s.cache_ttl).as_secs()),
-            verified_with: None,
-        };
-        match doc.get("active") {
-            Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => return Ok(negative("token inactive")),
-            _ => {
-                tracing::warn!(endpoint = %s.endpoint, "introspection answer without a boolean active");
-                return Err(UNAVAILABLE);
-            }
+/// Checks an RFC 7662 answer; `Err` when it is not one. Pure (no I/O).
+pub(crate) fn judge(
+    s: &IntrospectionSettings,
+    doc: Map<String, Value>,
+    now: u64,
+) -> Result<Cached, AuthError> {
+    let negative = |rejection: &'static str| Cached {
+        principal: None,
+        rejection,
+        until: now.saturating_add(INACTIVE_TTL.min(s.cache_ttl).as_secs()),
+        verified_with: None,
+    };
+    match doc.get("active") {
+        Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => return Ok(negative("token inactive")),
+        _ => {
+            tracing::warn!(endpoint = %s.endpoint, "introspection answer without a boolean active");
+            return Err(UNAVAILABLE);
         }
-        let exp = match doc.get("exp") {
-            None => None,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 => Some(f.floor() as u64),
-                _ => return Err(UNAVAILABLE),
-            },
-            Some(_) => return Err(UNAVAILABLE),
-        };
-        if exp.is_some_and(|exp| exp <= now) {
-            return Ok(negative("token expired"));
-        }
-        if let (Some(want), Some(iss)) = (&s.issuer, doc.get("iss")) {
-            if iss.as_str() != Some(want.as_str()) {
-                return Ok(negative("unknown issuer"));
-            }
-        }
-        if let (Some(want), Some(aud)) = (&s.audiences, doc.get("aud")) {
-            let ok = match aud {
-                Value::String(a) => want.iter().any(|w| w == a),
-                Value::Array(auds) => auds
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|a| want.iter().any(|w| w == a)),
-                _ => false,
-            };
-            if !ok {
-                return Ok(negative("wrong audience"));
-            }
-        }
-        let scopes = match jwt::scopes_from(&doc) {
-            Ok(scopes) => scopes,
-            Err(_) => return Ok(negative("malformed scope")),
-        };
-        let subject = doc.get("sub").and_then(Value::as_str).map(Box::from);
-        let until = cache_until(exp, now, s.cache_ttl);
-        let principal = Principal {
-            subject,
-            scopes,
-            expires_at: exp.unwrap_or(until),
-            claims: doc,
-        };
-        Ok(Cached {
-            principal: Some(Arc::new(principal)),
-            rejection: "token inactive",
-            until,
-            verified_with: None,
-        })
     }
+    let exp = match doc.get("exp") {
+        None => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => Some(f.floor() as u64),
+            _ => return Err(UNAVAILABLE),
+        },
+        Some(_) => return Err(UNAVAILABLE),
+    };
+    if exp.is_some_and(|exp| exp <= now) {
+        return Ok(negative("token expired"));
+    }
+    if let (Some(want), Some(iss)) = (&s.issuer, doc.get("iss")) {
+        if iss.as_str() != Some(want.as_str()) {
+            return Ok(negative("unknown issuer"));
+        }
+    }
+    if let (Some(want), Some(aud)) = (&s.audiences, doc.get("aud")) {
+        let ok = match aud {
+            Value::String(a) => want.iter().any(|w| w == a),
+            Value::Array(auds) => auds
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| want.iter().any(|w| w == a)),
+            _ => false,
+        };
+        if !ok {
+            return Ok(negative("wrong audience"));
+        }
+    }
+    let scopes = match jwt::scopes_from(&doc) {
+        Ok(scopes) => scopes,
+        Err(_) => return Ok(negative("malformed scope")),
+    };
+    let subject = doc.get("sub").and_then(Value::as_str).map(Box::from);
+    let until = cache_until(exp, now, s.cache_ttl);
+    let principal = Principal {
+        subject,
+        scopes,
+        expires_at: exp.unwrap_or(until),
+        claims: doc,
+    };
+    Ok(Cached {
+        principal: Some(Arc::new(principal)),
+        rejection: "token inactive",
+        until,
+        verified_with: None,
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! `token_cache` (SHA-256(token) -> claims), `metrics` (counters).
 
 mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod introspect;
 mod jwks;
 mod jwt;

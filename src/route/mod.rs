@@ -47,6 +47,8 @@
 //!   load errors rather than dead routes).
 
 mod normalize;
+#[cfg(test)]
+mod proptests;
 mod table;
 
 pub use normalize::{normalize, NormalizeError};
