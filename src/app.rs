@@ -72,8 +72,9 @@ impl Running {
     /// reload (logged).
     pub fn watch(&mut self, path: PathBuf) {
         let stop = self.shutdown_signal();
+        let baseline = self.gateway.runtime().config.source_digest;
         self.tasks
-            .spawn(watch_config(self.gateway.clone(), path, stop));
+            .spawn(watch_config(self.gateway.clone(), path, baseline, stop));
     }
 
     /// A future that resolves when shutdown begins.
@@ -244,13 +245,15 @@ pub fn reload(gateway: &Gateway, path: &Path) -> bool {
 pub fn watch_config(
     gateway: Arc<Gateway>,
     path: PathBuf,
+    baseline: Option<[u8; 32]>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    // The baseline is taken now, not when the task first runs: an edit made
-    // right after this call is seen as a change.
-    let mut last = std::fs::read(&path).ok();
+    let digest_now = |path: &PathBuf| std::fs::read(path).ok().map(|b| config::file_digest(&b));
+    // The baseline is what was loaded (when known), else the file now: an
+    // edit made after the load is seen as a change.
+    let mut last = baseline.or_else(|| digest_now(&path));
     async move {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -271,11 +274,11 @@ pub fn watch_config(
                 _ = &mut shutdown => return,
                 _ = sighup => {
                     tracing::info!("SIGHUP: reloading");
-                    last = std::fs::read(&path).ok();
+                    last = digest_now(&path);
                     reload(&gateway, &path);
                 }
                 _ = tick.tick() => {
-                    let now = std::fs::read(&path).ok();
+                    let now = digest_now(&path);
                     if now.is_some() && now != last {
                         last = now;
                         reload(&gateway, &path);

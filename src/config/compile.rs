@@ -764,6 +764,7 @@ fn convert(ctx: &mut Ctx<'_>, raw: Raw, path: &Path) -> Option<Config> {
         shutdown_grace,
         routes: routes?,
         warnings: Vec::new(),
+        source_digest: None,
     })
 }
 

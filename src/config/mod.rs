@@ -109,6 +109,10 @@ pub struct Config {
     pub routes: RouteTable,
     /// Things worth a log line at load (e.g. `http://` issuer on a non-loopback host).
     pub warnings: Vec<ConfigError>,
+    /// SHA-256 of the file's bytes as loaded by [`load`] (`None` from
+    /// [`from_yaml`]): the watcher's baseline, so an edit made right after
+    /// the load is seen as a change.
+    pub source_digest: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +203,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read file: {e}"),
         }])
     })?;
-    from_yaml(&text, path)
+    let mut config = from_yaml(&text, path)?;
+    config.source_digest = Some(file_digest(text.as_bytes()));
+    Ok(config)
+}
+
+/// SHA-256 of a config file's bytes.
+pub fn file_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// Compiles config text; `path` names the file in errors. Testable without files.
