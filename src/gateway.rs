@@ -196,6 +196,14 @@ impl crate::metrics::MetricsSource for Verifier {
             ],
         );
         counter(
+            "scopegate_key_cache_requests_total",
+            "Key lookups in the cached JWKS by result (miss: unknown kid).",
+            &[
+                ("result=\"hit\"", m.key_hits),
+                ("result=\"miss\"", m.key_misses),
+            ],
+        );
+        counter(
             "scopegate_token_cache_requests_total",
             "Verified-token cache lookups (JWT and introspection) by result.",
             &[

@@ -1496,6 +1496,17 @@ async fn metrics_cover_latency_upstream_errors_cache_and_reloads() {
         metric(&m, "scopegate_jwks_fetches_total{result=\"ok\"}") >= 1.0,
         "{m}"
     );
+    // One token-cache miss, whose kid was in the cached key set.
+    assert_eq!(
+        metric(&m, "scopegate_key_cache_requests_total{result=\"hit\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "scopegate_key_cache_requests_total{result=\"miss\"}"),
+        0.0,
+        "{m}"
+    );
     assert_eq!(
         metric(
             &m,

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Counters {
     pub(crate) jwks_fetch_ok: AtomicU64,
     pub(crate) jwks_fetch_error: AtomicU64,
+    pub(crate) key_hits: AtomicU64,
+    pub(crate) key_misses: AtomicU64,
     pub(crate) token_cache_hits: AtomicU64,
     pub(crate) token_cache_misses: AtomicU64,
     pub(crate) introspection_ok: AtomicU64,
@@ -19,6 +21,10 @@ pub struct AuthMetrics {
     pub jwks_fetch_ok: u64,
     /// JWKS fetches that failed (unreachable, timeout, garbage, too large).
     pub jwks_fetch_error: u64,
+    /// Key lookups of JWTs that missed the token cache: the key was in the
+    /// issuer's cached set (hit) or was not (miss: a refetch was considered).
+    pub key_hits: u64,
+    pub key_misses: u64,
     /// Verified-token cache (JWT and introspection) hits and misses.
     pub token_cache_hits: u64,
     pub token_cache_misses: u64,
@@ -33,6 +39,8 @@ impl Counters {
         AuthMetrics {
             jwks_fetch_ok: get(&self.jwks_fetch_ok),
             jwks_fetch_error: get(&self.jwks_fetch_error),
+            key_hits: get(&self.key_hits),
+            key_misses: get(&self.key_misses),
             token_cache_hits: get(&self.token_cache_hits),
             token_cache_misses: get(&self.token_cache_misses),
             introspection_ok: get(&self.introspection_ok),

@@ -361,8 +361,12 @@ impl Verifier {
         // The hot path: the current set holds the key. Otherwise one
         // (rate-limited, shared) refetch, then decide.
         let set = match issuer.current() {
-            Some(set) if find(&set)? => set,
+            Some(set) if find(&set)? => {
+                self.counters.key_hits.fetch_add(1, Ordering::Relaxed);
+                set
+            }
             _ => {
+                self.counters.key_misses.fetch_add(1, Ordering::Relaxed);
                 issuer.refetch_for_unknown_kid().await;
                 match issuer.current() {
                     Some(set) if find(&set)? => set,
