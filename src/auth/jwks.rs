@@ -70,6 +70,10 @@ impl Key {
 #[derive(Default)]
 pub(crate) struct KeySet {
     pub(crate) keys: Vec<Key>,
+    /// SHA-256 of the JWKS document this set was parsed from: a refresh that
+    /// fetches the same bytes keeps the current set (and so every token
+    /// cached against it) instead of installing an equal copy.
+    pub(crate) digest: [u8; 32],
 }
 
 /// The outcome of looking a key up.
@@ -146,7 +150,11 @@ pub(crate) fn parse_jwks(issuer: &str, body: &[u8]) -> Result<KeySet, KeySetErro
         // Every key failed to parse: treat as garbage and keep the last good set.
         return Err(KeySetError::Document("no usable key"));
     }
-    Ok(KeySet { keys })
+    use sha2::Digest as _;
+    Ok(KeySet {
+        keys,
+        digest: sha2::Sha256::digest(body).into(),
+    })
 }
 
 fn b64_field<'a>(jwk: &'a Value, name: &'static str) -> Result<(&'a str, Vec<u8>), &'static str> {
@@ -423,7 +431,14 @@ impl IssuerKeys {
         let ok = match self.fetch().await {
             Ok(set) => {
                 tracing::debug!(issuer, keys = set.keys.len(), "JWKS fetched");
-                self.current.store(Some(Arc::new(set)));
+                let unchanged = self
+                    .current
+                    .load()
+                    .as_ref()
+                    .is_some_and(|current| current.digest == set.digest);
+                if !unchanged {
+                    self.current.store(Some(Arc::new(set)));
+                }
                 self.last_ok.store(true, Ordering::Release);
                 self.ever_ok.store(true, Ordering::Release);
                 self.ready

@@ -710,6 +710,21 @@ async fn a_dropped_key_stops_verifying_after_refresh() {
 }
 
 #[tokio::test]
+async fn an_unchanged_refresh_keeps_cached_tokens() {
+    let (idp, v) = setup().await;
+    let token = mint(rsa_a(), &header("k1"), &claims(&idp));
+    assert_eq!(outcome(&v, &token).await, Ok(()));
+    let before = v.metrics();
+    // The issuer serves the same document again: the set, and the cached
+    // verification made against it, stay.
+    assert!(v.key_sets.issuers[0].refresh().await);
+    assert_eq!(outcome(&v, &token).await, Ok(()));
+    let after = v.metrics();
+    assert_eq!(after.token_cache_hits, before.token_cache_hits + 1);
+    assert_eq!(after.token_cache_misses, before.token_cache_misses);
+}
+
+#[tokio::test]
 async fn discovery_finds_the_jwks() {
     let idp = Idp::start().await;
     idp.set_jwks_path("/keys", vec![rsa_a().jwk(Some("k1"))]);
