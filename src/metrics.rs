@@ -68,8 +68,8 @@ impl Decision {
     }
 }
 
-/// Request counts of one route (or of "no route"), by decision.
-#[derive(Debug)]
+/// Request counts of one route (or of "no route", with an empty label), by decision.
+#[derive(Debug, Default)]
 pub struct RouteCounters {
     label: Box<str>,
     by_decision: [AtomicU64; Decision::ALL.len()],
@@ -150,23 +150,14 @@ pub trait MetricsSource: Send + Sync {
 #[derive(Default)]
 pub struct Metrics {
     routes: ArcSwap<Vec<Arc<RouteCounters>>>,
-    unmatched: Arc<RouteCountersCell>,
+    /// Requests no route took (or that never got that far).
+    unmatched: Arc<RouteCounters>,
     latency: Histogram,
     upstream_connect_errors: AtomicU64,
     upstream_timeouts: AtomicU64,
     upstream_protocol_errors: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
-}
-
-/// Counters of requests that matched no route (or never got that far).
-#[derive(Debug)]
-struct RouteCountersCell(Arc<RouteCounters>);
-
-impl Default for RouteCountersCell {
-    fn default() -> Self {
-        RouteCountersCell(Arc::new(RouteCounters::new("")))
-    }
 }
 
 impl Metrics {
@@ -200,7 +191,7 @@ impl Metrics {
 
     /// Counters for requests no route took.
     pub fn unmatched(&self) -> &Arc<RouteCounters> {
-        &self.unmatched.0
+        &self.unmatched
     }
 
     pub fn observe_latency(&self, elapsed: Duration) {
@@ -231,7 +222,7 @@ impl Metrics {
         out.push_str("# HELP scopegate_requests_total Requests by route and decision.\n");
         out.push_str("# TYPE scopegate_requests_total counter\n");
         let routes = self.routes.load();
-        for counters in routes.iter().chain(std::iter::once(&self.unmatched.0)) {
+        for counters in routes.iter().chain(std::iter::once(&self.unmatched)) {
             for decision in Decision::ALL {
                 let n = counters.get(decision);
                 if n > 0 {
