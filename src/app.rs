@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::config::{self, Config};
 use crate::gateway::{BuildError, Gateway, Runtime};
 use crate::metrics::Metrics;
+use crate::workers::{self, Workers};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running gateway: its bound addresses and the means to stop it.
@@ -42,6 +45,8 @@ pub struct Running {
     /// `/readyz` answering 503 is observable for the whole drain.
     admin_stop: watch::Sender<bool>,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// The data-plane threads; they stop when this is dropped.
+    workers: Workers,
 }
 
 impl Running {
@@ -144,6 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })?),
         None => None,
     };
+    let workers = Workers::start(workers::default_count()).map_err(StartError::Workers)?;
     let runtime = Runtime::build(config, &metrics, None)?;
     let gateway = Gateway::new(runtime, metrics);
     let (shutdown, _) = watch::channel(false);
@@ -157,6 +163,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks: JoinSet::new(),
         admin_stop,
         admin: None,
+        workers,
     };
     if let Some(cert) = cert {
         let stop = running.shutdown_signal();
@@ -167,6 +174,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_listener,
         gateway.clone(),
         tls,
+        running.workers.clone(),
         stop,
     ));
     let mut admin_stop = running.admin_stop.subscribe();
@@ -180,9 +188,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )));
     if let Some(listener) = forward_auth_listener {
         let stop = running.shutdown_signal();
-        running
-            .tasks
-            .spawn(crate::forward_auth::serve(listener, gateway.clone(), stop));
+        running.tasks.spawn(crate::forward_auth::serve(
+            listener,
+            gateway.clone(),
+            running.workers.clone(),
+            stop,
+        ));
     }
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, forward_auth = ?forward_auth_addr, "scopegate serving");
     Ok(running)

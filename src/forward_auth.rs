@@ -211,6 +211,7 @@ pub async fn respond(
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    workers: crate::workers::Workers,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = crate::server::ServerLimits::from_config(&gateway.runtime().config);
@@ -224,16 +225,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
-        let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(respond(&gateway, &request, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        workers.spawn_connection(stream, move |stream| async move {
+            let service = service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(respond(&gateway, &request, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
     drop(listener);

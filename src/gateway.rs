@@ -14,7 +14,7 @@ use http::uri::{Authority, Scheme};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteCounters};
-use crate::proxy::forward::{ClientSettings, UpstreamClient};
+use crate::proxy::forward::{ClientSettings, Upstream, UpstreamClient};
 use crate::proxy::headers::IdentityHeaders;
 use crate::route::Route;
 
@@ -34,6 +34,8 @@ pub enum BuildError {
 pub struct UpstreamTarget {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// Its pooled connections.
+    pub client: Upstream,
 }
 
 /// Everything a request needs, compiled from one config load.
@@ -90,7 +92,11 @@ impl Runtime {
             .map(|u| {
                 let parts = u.origin.clone().into_parts();
                 match (parts.scheme, parts.authority) {
-                    (Some(scheme), Some(authority)) => Ok(UpstreamTarget { scheme, authority }),
+                    (Some(scheme), Some(authority)) => Ok(UpstreamTarget {
+                        client: client.upstream(&scheme, &authority),
+                        scheme,
+                        authority,
+                    }),
                     _ => Err(BuildError::Upstream(u.origin.to_string())),
                 }
             })

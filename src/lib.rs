@@ -7,7 +7,7 @@
 //! - [`proxy`]: the hyper service: normalize -> match -> authorize -> forward
 //! - [`error`]: the one place rejections become responses
 //! - [`gateway`]: the swappable runtime state; [`app`]: process wiring, reload, signals
-//! - [`server`], [`admin`]: listeners; [`metrics`]: Prometheus text
+//! - [`server`], [`admin`]: listeners; [`workers`]: the data-plane threads; [`metrics`]: Prometheus text
 //! - [`explain`], [`route_tests`], [`demo`], [`cli`]: the subcommands
 #![forbid(unsafe_code)]
 
@@ -27,3 +27,4 @@ pub mod route;
 pub mod route_tests;
 pub mod server;
 pub mod tls;
+pub mod workers;

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::proxy::{self, Peer};
+use crate::workers::Workers;
 
 /// Connection-level settings, read from the config the listener started
 /// with (a reload does not change them).
@@ -65,10 +66,12 @@ pub fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor>
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then stops
 /// accepting and lets in-flight requests finish within the grace period.
+/// Accepts here; each connection is served on one of `workers`.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
+    workers: Workers,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = ServerLimits::from_config(&gateway.runtime().config);
@@ -94,7 +97,7 @@ pub async fn serve(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.client_header_timeout;
-        tokio::spawn(async move {
+        workers.spawn_connection(stream, move |stream| async move {
             let _permit = permit;
             let peer = Peer {
                 addr,

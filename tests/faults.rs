@@ -352,6 +352,39 @@ async fn upstream_refusing_is_502() {
     h.assert_serves().await;
 }
 
+/// Keep-alive connections to the upstream are pooled and reused; once the
+/// upstream has closed them, requests go out on a new connection.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_once_closed() {
+    let h = start_with("").await;
+    for _ in 0..10 {
+        h.assert_serves().await;
+    }
+    let first: std::collections::HashSet<SocketAddr> =
+        h.upstream.requests().iter().map(|r| r.peer).collect();
+    // One pool per worker thread, and client connections go round robin.
+    let workers = scopegate::workers::default_count();
+    assert!(
+        first.len() <= workers.min(9),
+        "ten sequential requests should share one upstream connection per worker ({workers}): {first:?}"
+    );
+    // Garbage mode closes every open connection; then serve normally again.
+    h.upstream.set_mode(UpstreamMode::Garbage).await;
+    h.upstream.set_mode(UpstreamMode::Echo).await;
+    h.upstream.clear();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        h.assert_serves().await;
+    }
+    let second: std::collections::HashSet<SocketAddr> =
+        h.upstream.requests().iter().map(|r| r.peer).collect();
+    assert!(second.len() <= workers.min(4), "{second:?}");
+    assert!(
+        second.is_disjoint(&first),
+        "a closed connection was reused: {first:?} then {second:?}"
+    );
+}
+
 #[tokio::test]
 async fn upstream_reset_mid_body_ends_the_response_and_others_are_served() {
     let h = start_with("").await;

@@ -1,18 +1,45 @@
-//! The pooled upstream client: one hyper-util client per process (rebuilt
-//! only when its settings change), HTTP and HTTPS, with connect and
-//! response-head timeouts.
+//! The upstream client: keep-alive HTTP/1.1 connections, pooled per
+//! upstream, each driven inside the request that uses it.
+//!
+//! hyper's pooled client runs every upstream connection as a task of its
+//! own, so one forwarded request hops between tasks several times (pool
+//! checkout, request hand-off, response head, every body chunk). Here a
+//! request checks a connection out of its upstream's idle stack, polls the
+//! connection itself while it waits for the response head, and hands it to
+//! the response body, which polls it while the body streams and puts it back
+//! on the stack once the body has ended. No connection task, no channel
+//! hop: the client connection's task does all of it.
+//!
+//! Upgrades (`101 Switching Protocols`) need the connection to outlive the
+//! response, so an upgrade request gets a fresh connection run as its own
+//! task. Idle connections are closed after `idle_timeout` by a sweeper that
+//! also notices upstreams closing them first.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tower_service::Service as _;
 
 use crate::metrics::UpstreamError;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type TrySendError = hyper::client::conn::TrySendError<Request<Incoming>>;
+
+/// Idle connections kept per upstream; more are closed when released.
+const MAX_IDLE_PER_UPSTREAM: usize = 128;
 
 /// Settings the client is built from; a reload with equal settings keeps the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +50,19 @@ pub struct ClientSettings {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Forwards requests upstream over pooled keep-alive connections.
+/// Forwards requests upstream over pooled keep-alive connections. Cheap to
+/// clone; every clone shares the pools.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, Incoming>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     settings: ClientSettings,
+    connector: Connector,
+    http1: http1::Builder,
+    /// One pool per upstream origin, made when a runtime is built.
+    pools: Mutex<HashMap<(Scheme, Authority), Arc<Pool>>>,
 }
 
 impl UpstreamClient {
@@ -42,38 +77,384 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(128)
-            .set_host(false)
-            .build(connector);
-        Ok(UpstreamClient { client, settings })
+        let mut http1 = http1::Builder::new();
+        http1.max_headers(256);
+        let shared = Arc::new(Shared {
+            settings,
+            connector,
+            http1,
+            pools: Mutex::new(HashMap::new()),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(sweep(Arc::downgrade(&shared)));
+        }
+        Ok(UpstreamClient { shared })
     }
 
     pub fn settings(&self) -> &ClientSettings {
-        &self.settings
+        &self.shared.settings
     }
 
-    /// Sends the request; waits at most `response_timeout` for the response head.
+    /// The pool of connections to one upstream origin (made on first use;
+    /// called when a runtime is built, not per request).
+    pub fn upstream(&self, scheme: &Scheme, authority: &Authority) -> Upstream {
+        let mut pools = self
+            .shared
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pool = pools
+            .entry((scheme.clone(), authority.clone()))
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    origin: Uri::builder()
+                        .scheme(scheme.clone())
+                        .authority(authority.clone())
+                        .path_and_query("/")
+                        .build()
+                        .unwrap_or_default(),
+                    idle: (0..=crate::workers::default_count())
+                        .map(|_| Mutex::new(Vec::new()))
+                        .collect(),
+                })
+            })
+            .clone();
+        Upstream {
+            shared: self.shared.clone(),
+            pool,
+        }
+    }
+}
+
+/// One upstream origin's connections, and the means to make more.
+#[derive(Clone)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    /// `scheme://authority/`, what the connector dials.
+    origin: Uri,
+    /// One idle stack per worker thread (see [`crate::workers`]), indexed by
+    /// [`crate::workers::current`]: a connection is registered with the
+    /// I/O driver of the thread that opened it and stays on that thread.
+    /// Each lock is taken only by its own thread and the sweeper. Most
+    /// recently used last: the hot connections stay hot.
+    idle: Box<[Mutex<Vec<Idle>>]>,
+}
+
+impl Pool {
+    /// The calling thread's idle stack.
+    fn local(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[crate::workers::current() % self.idle.len()]
+    }
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("origin", &self.pool.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Sends the request; waits at most `response_timeout` for the response
+    /// head. The body streams afterwards, without a deadline.
     pub async fn send(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.settings.response_timeout, self.client.request(request))
-            .await
-        {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let timeout = self.shared.settings.response_timeout;
+        match tokio::time::timeout(timeout, self.exchange(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(error = %e, "upstream connect failed");
-                Err(UpstreamError::Connect)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream request failed");
-                Err(UpstreamError::Protocol)
-            }
-            Ok(Ok(response)) => Ok(response),
+            Ok(result) => result,
         }
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut request = request;
+        // A pooled connection the upstream closed meanwhile refuses the
+        // request before sending any of it; that one is retried on a new
+        // connection. Once bytes have left, nothing is retried.
+        while let Some(mut conn) = self.checkout().await {
+            match conn.send(request).await {
+                Ok(response) => return Ok(self.response(response, conn)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(protocol_error(&e.into_error())),
+                },
+            }
+        }
+        // Boxed: the connect future is large and rare; the pooled path
+        // should not carry (and move) it on every request.
+        let mut conn = Box::pin(self.connect()).await?;
+        match conn.send(request).await {
+            Ok(response) => Ok(self.response(response, conn)),
+            Err(e) => Err(protocol_error(&e.into_error())),
+        }
+    }
+
+    fn response(&self, response: Response<Incoming>, conn: Box<Conn>) -> Response<UpstreamBody> {
+        response.map(|incoming| UpstreamBody {
+            incoming,
+            conn: Some(conn),
+            pool: self.pool.clone(),
+        })
+    }
+
+    /// A pooled connection that is open and ready for a request, if any.
+    async fn checkout(&self) -> Option<Box<Conn>> {
+        loop {
+            let mut conn = self
+                .pool
+                .local()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?
+                .conn;
+            if poll_fn(|cx| Poll::Ready(conn.ready_now(cx))).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
+        let io = self
+            .shared
+            .connector
+            .clone()
+            .call(self.pool.origin.clone())
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, origin = %self.pool.origin, "upstream connect failed");
+                UpstreamError::Connect
+            })?;
+        let (sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| {
+            tracing::debug!(error = %e, "upstream handshake failed");
+            UpstreamError::Connect
+        })?;
+        Ok(Box::new(Conn {
+            sender,
+            connection,
+            closed: false,
+        }))
+    }
+
+    /// Sends a request that asks for a protocol upgrade, on a new
+    /// connection run as its own task so that it survives the `101`.
+    pub async fn send_upgrade(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let timeout = self.shared.settings.response_timeout;
+        let exchange = async {
+            let Conn {
+                mut sender,
+                connection,
+                ..
+            } = *self.connect().await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream upgrade connection ended");
+                }
+            });
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| protocol_error(&e))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(result) => result,
+        }
+    }
+}
+
+fn protocol_error(e: &hyper::Error) -> UpstreamError {
+    tracing::debug!(error = %e, "upstream request failed");
+    UpstreamError::Protocol
+}
+
+/// One HTTP/1.1 connection: the request sender and the connection state
+/// machine, which whoever holds it must poll.
+struct Conn {
+    sender: http1::SendRequest<Incoming>,
+    connection: http1::Connection<Io, Incoming>,
+    /// The connection future has finished (closed or failed).
+    closed: bool,
+}
+
+impl Conn {
+    /// Reads and writes whatever the connection can right now.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if self.closed {
+            return;
+        }
+        if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(cx) {
+            self.closed = true;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        }
+    }
+
+    /// Is the connection open and free for the next request?
+    fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx);
+        !self.closed && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    /// Sends `request` and waits for the response head, driving the
+    /// connection meanwhile.
+    async fn send(
+        &mut self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, TrySendError> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        let connection = &mut self.connection;
+        let closed = &mut self.closed;
+        poll_fn(|cx| {
+            if !*closed {
+                if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                    *closed = true;
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "upstream connection ended");
+                    }
+                }
+            }
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// An upstream response body. Polling it also drives the connection it
+/// arrives on; once it has ended, the connection goes back to its pool.
+pub struct UpstreamBody {
+    incoming: Incoming,
+    /// `None` once released (or when it must not be reused). Boxed, as
+    /// everywhere: responses and bodies move, and a connection is large.
+    conn: Option<Box<Conn>>,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// Puts the connection back on its pool's idle stack (the body is done).
+    fn release(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if conn.closed || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self
+            .pool
+            .local()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(conn) = &mut this.conn {
+            conn.drive(cx);
+        }
+        let frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    /// A body dropped before its end leaves the connection mid-response:
+    /// that connection is closed, not pooled.
+    fn drop(&mut self) {
+        if self.incoming.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+/// Closes idle connections that outlived `idle_timeout` or that the
+/// upstream closed, until the client is dropped.
+async fn sweep(shared: Weak<Shared>) {
+    let every = match shared.upgrade() {
+        Some(s) => {
+            (s.settings.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let pools: Vec<Arc<Pool>> = shared
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let timeout = shared.settings.idle_timeout;
+        drop(shared);
+        poll_fn(|cx| {
+            for stack in pools.iter().flat_map(|p| p.idle.iter()) {
+                let mut idle = stack.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain_mut(|i| {
+                    i.since.elapsed() < timeout && {
+                        i.conn.drive(cx);
+                        !i.conn.closed && !i.conn.sender.is_closed()
+                    }
+                });
+            }
+            Poll::Ready(())
+        })
+        .await;
     }
 }

@@ -26,8 +26,9 @@ use crate::gateway::{Gateway, Runtime};
 use crate::metrics::{Decision, UpstreamError};
 use crate::route::{Requirement, Route};
 
-/// Response bodies: the upstream's, streamed, or one the gateway made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// Response bodies: the upstream's, streamed (an upgrade's is empty and
+/// comes off its own connection), or one the gateway made.
+pub type Body = Either<Either<forward::UpstreamBody, Incoming>, Full<Bytes>>;
 
 /// Facts about the client connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -281,7 +282,18 @@ async fn handle_inner(
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, body);
 
-    let mut response = match runtime.client.send(upstream_request).await {
+    let sent = if upgrade {
+        Box::pin(upstream.client.send_upgrade(upstream_request))
+            .await
+            .map(|r| r.map(Either::Right))
+    } else {
+        upstream
+            .client
+            .send(upstream_request)
+            .await
+            .map(|r| r.map(Either::Left))
+    };
+    let mut response = match sent {
         Ok(response) => response,
         Err(kind) => {
             metrics.upstream_error(kind);
