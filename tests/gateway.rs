@@ -172,6 +172,8 @@ async fn allowed_request_is_forwarded_with_identity_headers() {
     let seen = h.upstream.last().expect("forwarded");
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path_and_query, "/api/messages?limit=5&x=%2F");
+    // Origin form on the wire, as the client sent it; never absolute form.
+    assert_eq!(seen.uri, "/api/messages?limit=5&x=%2F");
     assert_eq!(seen.header_all("x-auth-subject"), ["user-123"]);
     assert_eq!(seen.header_all("x-auth-scopes"), ["message email"]);
     assert!(!seen.has_header("x_auth_subject"));

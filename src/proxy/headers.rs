@@ -36,6 +36,17 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// the next hop can switch protocols. `protected` names are never removed
 /// because a `Connection` header named them.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, protected: &[HeaderName]) {
+    // The common case, a message with none of them, costs one pass over
+    // the names instead of a hashed removal per name.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // Names listed in Connection, collected first (rare: usually empty).
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {

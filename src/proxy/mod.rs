@@ -251,11 +251,9 @@ async fn handle_inner(
         Some(q) => format!("{}?{q}", allowed.path),
         None => allowed.path.into_owned(),
     };
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    // Origin form (`/path?query`): the connection already goes to the
+    // upstream, and hyper writes the target as given.
+    let uri = Uri::try_from(path_and_query)
         .map_err(|_| Rejection::BadRequest("malformed request target"))?;
 
     let h = &mut parts.headers;
