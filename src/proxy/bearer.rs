@@ -46,11 +46,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
 fn is_b64token(token: &[u8]) -> bool {
     let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
+    // A table lookup per byte, folded without early exit: tokens are long
+    // (hundreds of bytes) and nearly always valid.
     body_len > 0
         && token[..body_len]
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+            .fold(true, |ok, &b| ok & B64TOKEN[usize::from(b)])
 }
+
+/// The `b64token` body alphabet, indexed by byte.
+static B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
