@@ -398,6 +398,14 @@ async fn every_algorithm_rejects_a_tampered_token() {
             invalid("bad signature"),
             "{alg} short signature"
         );
+        // Longer than any signature (8192-bit RSA): refused, not a panic.
+        let mut parts = good.clone();
+        parts[2] = b64(vec![7u8; 1500]);
+        assert_eq!(
+            outcome(&v, &parts.join(".")).await,
+            invalid("bad signature"),
+            "{alg} long signature"
+        );
         assert_eq!(outcome(&v, &good.join(".")).await, Ok(()), "{alg}");
     }
 }
@@ -504,10 +512,11 @@ fn bad_key_material_is_skipped_at_load() {
     assert_eq!(kids, [Some("good")]);
 }
 
-/// A header that names a member twice is refused, whichever value comes
-/// last: another parser could read the other `alg` or `kid`.
+/// Header rules on header JSON written by hand: repeated member names
+/// (whichever value comes last: another parser could read the other `alg`
+/// or `kid`), escapes, `null` members, non-object headers.
 #[tokio::test]
-async fn duplicate_header_members_are_refused() {
+async fn header_rules_on_raw_json() {
     let idp = Idp::start().await;
     idp.set_jwks(vec![rsa_a().jwk(Some("k1")), rsa_b().jwk(Some("k2"))]);
     let v = Verifier::new(settings(&idp)).unwrap();
@@ -524,6 +533,74 @@ async fn duplicate_header_members_are_refused() {
         ),
         (
             r#"{"alg":"RS256","kid":"k1","typ":"JWT","typ":"JWT"}"#,
+            invalid("malformed token"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","x":1,"x":2}"#,
+            invalid("malformed token"),
+        ),
+        (
+            r#"{"alg":"RS256","al\u0067":"RS256","kid":"k1"}"#,
+            invalid("malformed token"),
+        ),
+        (r#"{"al\u0067":"RS\u00325\u0036","kid":"k\u0031"}"#, Ok(())),
+        (
+            r#"{"alg":"RS256","kid":"k1","jwk":{"kty":"RSA","n":[1,{"a":null}]},"x5c":["a"]}"#,
+            Ok(()),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","crit":null}"#,
+            invalid("unsupported critical header"),
+        ),
+        (r#"{"alg":"RS256","kid":"k1","b64":true}"#, Ok(())),
+        (
+            r#"{"alg":"RS256","kid":"k1","b64":false}"#,
+            invalid("unsupported b64 header"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","b64":null}"#,
+            invalid("unsupported b64 header"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":null}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":["JWT"]}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"application/jwt"}"#,
+            Ok(()),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"application/"}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"jwt\u00e9"}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":{"id":"k1"}}"#,
+            invalid("malformed token"),
+        ),
+        (r#"{"alg":"RS256","kid":null}"#, invalid("malformed token")),
+        (
+            r#"{"alg":null,"kid":"k1"}"#,
+            invalid("algorithm not allowed"),
+        ),
+        (
+            r#"{"alg":"rs256","kid":"k1"}"#,
+            invalid("algorithm not allowed"),
+        ),
+        (
+            r#"{"alg":"none","kid":"k1"}"#,
+            invalid("algorithm not allowed"),
+        ),
+        (r#"["alg","RS256"]"#, invalid("malformed token")),
+        (
+            r#"{"alg":"RS256","kid":"k1"} x"#,
             invalid("malformed token"),
         ),
     ] {
