@@ -4,7 +4,12 @@
 //!
 //! Keys are generated at bench start with aws-lc-rs and tokens signed with
 //! them. Groups:
-//! - `raw_signature_verify`: aws-lc-rs's signature check alone, the floor.
+//! - `raw_signature_verify`: aws-lc-rs's signature check alone, the public
+//!   key parsed again on every check (`UnparsedPublicKey`).
+//! - `parsed_signature_verify`: the same check with the key parsed once
+//!   (`ParsedPublicKey`), the floor.
+//! - `jsonwebtoken_crypto_verify`: `jsonwebtoken::crypto::verify`, the
+//!   signature alone through jsonwebtoken (no header or claims decoding).
 //! - `jsonwebtoken_decode`: `jsonwebtoken::decode` (aws_lc_rs backend):
 //!   signature plus `iss`/`aud`/`exp`, as a cache miss does.
 //! - `verifier_hot`: `Verifier::verify` of one token again and again (a cache hit).
@@ -21,7 +26,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ParsedPublicKey, RsaPublicKeyComponents,
+    UnparsedPublicKey,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -203,6 +211,27 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The public key parsed once, as the verifier holds it.
+    fn parsed(&self) -> ParsedPublicKey {
+        match self {
+            Key::Rs256(pair) => {
+                let public = pair.public_key();
+                RsaPublicKeyComponents {
+                    n: public.modulus().big_endian_without_leading_zero(),
+                    e: public.exponent().big_endian_without_leading_zero(),
+                }
+                .to_parsed_public_key(&signature::RSA_PKCS1_2048_8192_SHA256)
+                .expect("RSA public key")
+            }
+            _ => {
+                let (public, alg) = self.raw();
+                ParsedPublicKey::new(alg, public).expect("public key")
+            }
+        }
+    }
+}
+
 fn validation(alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.set_issuer(&[ISSUER]);
@@ -235,6 +264,48 @@ fn bench_signature(c: &mut Criterion) {
                 public
                     .verify(black_box(message.as_bytes()), black_box(&sig))
                     .expect("valid signature")
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("parsed_signature_verify");
+    for key in &keys {
+        let token = key.token(0);
+        let (message, sig) = token.rsplit_once('.').expect("three parts");
+        let sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url signature");
+        let public = key.parsed();
+        public
+            .verify_sig(message.as_bytes(), &sig)
+            .expect("a bench of a failing check would measure the wrong path");
+        group.bench_function(key.name(), |b| {
+            b.iter(|| {
+                public
+                    .verify_sig(black_box(message.as_bytes()), black_box(&sig))
+                    .expect("valid signature")
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("jsonwebtoken_crypto_verify");
+    for key in &keys {
+        let token = key.token(0);
+        let (message, sig) = token.rsplit_once('.').expect("three parts");
+        let decoding_key = key.decoding_key();
+        assert!(
+            jsonwebtoken::crypto::verify(sig, message.as_bytes(), &decoding_key, key.alg())
+                .expect("verify")
+        );
+        group.bench_function(key.name(), |b| {
+            b.iter(|| {
+                jsonwebtoken::crypto::verify(
+                    black_box(sig),
+                    black_box(message.as_bytes()),
+                    &decoding_key,
+                    key.alg(),
+                )
+                .expect("valid signature")
             })
         });
     }

@@ -61,7 +61,7 @@ pub fn verify_jwt(
     parsed.check_header_for(issuer)?;
     let key = match keys
         .0
-        .find(parsed.kid.as_deref(), parsed.alg, &parsed.alg_name)
+        .find(parsed.kid.as_deref(), parsed.alg, parsed.alg_name)
     {
         Lookup::Found(key) => key,
         Lookup::Missing => return Err(AuthError::InvalidToken("unknown key")),

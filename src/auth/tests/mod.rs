@@ -6,6 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::jwks::Tuning;
@@ -345,6 +347,268 @@ async fn tampered_payload_fails_the_signature() {
         invalid("bad signature")
     );
     assert_eq!(outcome(&v, &token).await, Ok(()));
+}
+
+/// The signature check on the keys parsed at JWKS load, for every alg: the
+/// good token passes, a changed payload or signature does not.
+#[tokio::test]
+async fn every_algorithm_rejects_a_tampered_token() {
+    let idp = Idp::start().await;
+    let p256 = TestKey::p256();
+    let p384 = TestKey::p384();
+    let ed = TestKey::ed25519();
+    idp.set_jwks(vec![
+        rsa_a().jwk(Some("rsa")),
+        p256.jwk(Some("p256")),
+        p384.jwk(Some("p384")),
+        ed.jwk(Some("ed")),
+    ]);
+    let v = Verifier::new(settings(&idp)).unwrap();
+    let c = claims(&idp);
+    for (key, kid, alg) in [
+        (rsa_a(), "rsa", "RS256"),
+        (rsa_a(), "rsa", "PS256"),
+        (&p256, "p256", "ES256"),
+        (&p384, "p384", "ES384"),
+        (&ed, "ed", "EdDSA"),
+    ] {
+        let token = mint(key, &json!({"alg": alg, "kid": kid}), &c);
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        let good = parts.clone();
+        parts[1] = b64(with(&c, json!({"scope": "admin"})).to_string());
+        assert_eq!(
+            outcome(&v, &parts.join(".")).await,
+            invalid("bad signature"),
+            "{alg} payload"
+        );
+        let mut parts = good.clone();
+        let mut sig = URL_SAFE_NO_PAD.decode(&parts[2]).unwrap();
+        sig[0] ^= 1;
+        parts[2] = b64(&sig);
+        assert_eq!(
+            outcome(&v, &parts.join(".")).await,
+            invalid("bad signature"),
+            "{alg} signature"
+        );
+        // A signature cut short or padded out is refused too, not an error.
+        let mut parts = good.clone();
+        parts[2] = b64(&sig[..sig.len() - 1]);
+        assert_eq!(
+            outcome(&v, &parts.join(".")).await,
+            invalid("bad signature"),
+            "{alg} short signature"
+        );
+        // Longer than any signature (8192-bit RSA): refused, not a panic.
+        let mut parts = good.clone();
+        parts[2] = b64(vec![7u8; 1500]);
+        assert_eq!(
+            outcome(&v, &parts.join(".")).await,
+            invalid("bad signature"),
+            "{alg} long signature"
+        );
+        assert_eq!(outcome(&v, &good.join(".")).await, Ok(()), "{alg}");
+    }
+}
+
+/// The parsed key fixes the scheme: an RSA-PSS signature under an RS256
+/// header (same key, same kid) does not verify, nor the reverse.
+#[tokio::test]
+async fn the_parsed_key_pins_the_scheme() {
+    let (idp, v) = setup().await;
+    let c = claims(&idp);
+    for (header_alg, signed_as) in [("RS256", "PS256"), ("PS256", "RS256")] {
+        let input = format!(
+            "{}.{}",
+            b64(json!({"alg": header_alg, "kid": "k1"}).to_string()),
+            b64(c.to_string())
+        );
+        let sig = rsa_a().sign(signed_as, input.as_bytes());
+        let token = format!("{input}.{}", b64(sig));
+        assert_eq!(
+            outcome(&v, &token).await,
+            invalid("bad signature"),
+            "{header_alg} header, {signed_as} signature"
+        );
+    }
+}
+
+/// Which algorithms each parsed JWK holds a verification key for: exactly
+/// those `usable_for` allows, and none for a key that may not verify.
+#[test]
+fn parsed_keys_hold_only_the_algorithms_they_fit() {
+    use super::jwks::parse_jwks;
+    use crate::auth::Algorithm::*;
+    let p256 = TestKey::p256();
+    let ed = TestKey::ed25519();
+    let mut pinned = rsa_a().jwk(Some("pinned"));
+    pinned["alg"] = json!("PS256");
+    let mut enc = rsa_a().jwk(Some("enc"));
+    enc["use"] = json!("enc");
+    let mut unknown_alg = rsa_a().jwk(Some("unknown-alg"));
+    unknown_alg["alg"] = json!("RS999");
+    let jwks = json!({"keys": [
+        rsa_a().jwk(Some("rsa")),
+        pinned,
+        enc,
+        unknown_alg,
+        p256.jwk(Some("p256")),
+        ed.jwk(Some("ed")),
+    ]});
+    let set = parse_jwks("test", jwks.to_string().as_bytes()).unwrap();
+    let all = [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ];
+    let want: [(&str, &[jsonwebtoken::Algorithm]); 6] = [
+        ("rsa", &[RS256, RS384, RS512, PS256, PS384, PS512]),
+        ("pinned", &[PS256]),
+        ("enc", &[]),
+        ("unknown-alg", &[]),
+        ("p256", &[ES256]),
+        ("ed", &[EdDSA]),
+    ];
+    assert_eq!(set.keys.len(), want.len());
+    for (key, (kid, algs)) in set.keys.iter().zip(want) {
+        assert_eq!(key.kid.as_deref(), Some(kid));
+        for alg in all {
+            let name = format!("{alg:?}");
+            assert_eq!(
+                key.verifier(alg).is_some(),
+                algs.contains(&alg),
+                "{kid} {name}"
+            );
+            // A parsed key exists exactly where the lookup would use the key.
+            assert_eq!(
+                key.verifier(alg).is_some(),
+                key.usable_for(alg, &name),
+                "{kid} {name}"
+            );
+        }
+    }
+}
+
+/// Key material is parsed when the JWKS is loaded: a key aws-lc-rs refuses
+/// is skipped there (with a warning), like any other unusable JWK.
+#[test]
+fn bad_key_material_is_skipped_at_load() {
+    use super::jwks::parse_jwks;
+    let p256 = TestKey::p256();
+    let mut off_curve = p256.jwk(Some("off-curve"));
+    let mut y = URL_SAFE_NO_PAD
+        .decode(off_curve["y"].as_str().unwrap())
+        .unwrap();
+    y[31] ^= 1;
+    off_curve["y"] = json!(b64(&y));
+    let mut leading_zero = rsa_a().jwk(Some("leading-zero"));
+    let mut n = vec![0u8];
+    n.extend(
+        URL_SAFE_NO_PAD
+            .decode(leading_zero["n"].as_str().unwrap())
+            .unwrap(),
+    );
+    leading_zero["n"] = json!(b64(&n));
+    let jwks = json!({"keys": [off_curve, leading_zero, p256.jwk(Some("good"))]});
+    let set = parse_jwks("test", jwks.to_string().as_bytes()).unwrap();
+    let kids: Vec<_> = set.keys.iter().map(|k| k.kid.as_deref()).collect();
+    assert_eq!(kids, [Some("good")]);
+}
+
+/// Header rules on header JSON written by hand: repeated member names
+/// (whichever value comes last: another parser could read the other `alg`
+/// or `kid`), escapes, `null` members, non-object headers.
+#[tokio::test]
+async fn header_rules_on_raw_json() {
+    let idp = Idp::start().await;
+    idp.set_jwks(vec![rsa_a().jwk(Some("k1")), rsa_b().jwk(Some("k2"))]);
+    let v = Verifier::new(settings(&idp)).unwrap();
+    let c = claims(&idp);
+    for (header, want) in [
+        (r#"{"alg":"RS256","kid":"k1"}"#, Ok(())),
+        (
+            r#"{"alg":"HS256","alg":"RS256","kid":"k1"}"#,
+            invalid("malformed token"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k2","kid":"k1"}"#,
+            invalid("malformed token"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"JWT","typ":"JWT"}"#,
+            invalid("malformed token"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","x":1,"x":2}"#,
+            invalid("malformed token"),
+        ),
+        (
+            r#"{"alg":"RS256","al\u0067":"RS256","kid":"k1"}"#,
+            invalid("malformed token"),
+        ),
+        (r#"{"al\u0067":"RS\u00325\u0036","kid":"k\u0031"}"#, Ok(())),
+        (
+            r#"{"alg":"RS256","kid":"k1","jwk":{"kty":"RSA","n":[1,{"a":null}]},"x5c":["a"]}"#,
+            Ok(()),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","crit":null}"#,
+            invalid("unsupported critical header"),
+        ),
+        (r#"{"alg":"RS256","kid":"k1","b64":true}"#, Ok(())),
+        (
+            r#"{"alg":"RS256","kid":"k1","b64":false}"#,
+            invalid("unsupported b64 header"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","b64":null}"#,
+            invalid("unsupported b64 header"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":null}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":["JWT"]}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"application/jwt"}"#,
+            Ok(()),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"application/"}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":"k1","typ":"jwt\u00e9"}"#,
+            invalid("wrong token type"),
+        ),
+        (
+            r#"{"alg":"RS256","kid":{"id":"k1"}}"#,
+            invalid("malformed token"),
+        ),
+        (r#"{"alg":"RS256","kid":null}"#, invalid("malformed token")),
+        (
+            r#"{"alg":null,"kid":"k1"}"#,
+            invalid("algorithm not allowed"),
+        ),
+        (
+            r#"{"alg":"rs256","kid":"k1"}"#,
+            invalid("algorithm not allowed"),
+        ),
+        (
+            r#"{"alg":"none","kid":"k1"}"#,
+            invalid("algorithm not allowed"),
+        ),
+        (r#"["alg","RS256"]"#, invalid("malformed token")),
+        (
+            r#"{"alg":"RS256","kid":"k1"} x"#,
+            invalid("malformed token"),
+        ),
+    ] {
+        let input = format!("{}.{}", b64(header), b64(c.to_string()));
+        let sig = rsa_a().sign("RS256", input.as_bytes());
+        let token = format!("{input}.{}", b64(sig));
+        assert_eq!(outcome(&v, &token).await, want, "{header}");
+    }
 }
 
 #[tokio::test]

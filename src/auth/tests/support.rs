@@ -71,7 +71,7 @@ impl TestKey {
         jwk
     }
 
-    fn sign(&self, alg: &str, message: &[u8]) -> Vec<u8> {
+    pub(crate) fn sign(&self, alg: &str, message: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();
         match self {
             TestKey::Rsa(k) => {
