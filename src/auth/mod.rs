@@ -33,7 +33,7 @@ use fetch::IdpClient;
 use introspect::Introspector;
 use jwks::{IssuerKeys, KeySet, KeySets, Lookup, Tuning};
 use metrics::Counters;
-use token_cache::{now_unix, token_hash, Cached, TokenCache};
+use token_cache::{now_unix, token_hash, Cached, TokenCache, TokenHash};
 
 pub use jsonwebtoken::Algorithm;
 
@@ -317,17 +317,19 @@ impl Verifier {
         self.counters.snapshot()
     }
 
+    /// Verifies a bearer token: a JWT locally, anything else by
+    /// introspection (when configured).
+    ///
+    /// A cached JWT is answered by a small future; everything else (a
+    /// signature check, a key fetch, introspection) runs in a boxed one, so
+    /// the common case neither allocates nor carries the large states.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         if !jwt::looks_like_jwt(token) {
             return match &self.introspector {
-                Some(introspector) => introspector.verify(&self.cache, token).await,
+                Some(introspector) => Box::pin(introspector.verify(&self.cache, token)).await,
                 None => Err(AuthError::InvalidToken("not a JWT")),
             };
         }
-        self.verify_jwt(token).await
-    }
-
-    async fn verify_jwt(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let hash = token_hash(token);
         if let Some(hit) = self.cache.get(&hash).await {
             if let (Some(principal), Some(with)) = (&hit.principal, &hit.verified_with) {
@@ -343,7 +345,15 @@ impl Verifier {
         self.counters
             .token_cache_misses
             .fetch_add(1, Ordering::Relaxed);
+        Box::pin(self.verify_jwt_uncached(token, hash)).await
+    }
 
+    /// A JWT not in the cache: keys, signature, claims, then cached.
+    async fn verify_jwt_uncached(
+        &self,
+        token: &str,
+        hash: TokenHash,
+    ) -> Result<Arc<Principal>, AuthError> {
         let parsed = jwt::parse(token)?;
         let issuer = self
             .key_sets

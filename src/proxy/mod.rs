@@ -120,20 +120,13 @@ pub async fn authorize<'a>(
         Ok(None) => return Err(deny(Rejection::MissingToken, Some(route))),
         Err(rejection) => return Err(deny(rejection, Some(route))),
     };
-    // Boxed: the verifier's future is large (key fetches, introspection),
-    // and unboxed it would be copied on every await up the chain and held
-    // by every open connection.
-    let principal = Box::pin(runtime.verifier.verify(token))
-        .await
-        .map_err(|e| {
-            let rejection = match e {
-                AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
-                AuthError::Unavailable { retry_after, .. } => {
-                    Rejection::Unavailable { retry_after }
-                }
-            };
-            deny(rejection, Some(route))
-        })?;
+    let principal = runtime.verifier.verify(token).await.map_err(|e| {
+        let rejection = match e {
+            AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
+            AuthError::Unavailable { retry_after, .. } => Rejection::Unavailable { retry_after },
+        };
+        deny(rejection, Some(route))
+    })?;
     if !auth::authorize(&route.requirement, &principal) {
         return Err(deny(
             Rejection::InsufficientScope(required_scopes(&route.requirement)),
