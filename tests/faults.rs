@@ -385,6 +385,33 @@ async fn upstream_connections_are_reused_and_replaced_once_closed() {
     );
 }
 
+/// Pooled upstream connections idle longer than `timeouts.idle` are closed,
+/// not reused.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let h = start_with("timeouts:\n  idle: 300ms").await;
+    let peers = |h: &Harness| -> std::collections::HashSet<SocketAddr> {
+        h.upstream.requests().iter().map(|r| r.peer).collect()
+    };
+    // Within the timeout, connections are reused (every worker's pool
+    // gets one).
+    for _ in 0..6 {
+        h.assert_serves().await;
+    }
+    let before = peers(&h);
+    assert!(before.len() < 6, "connections were not reused: {before:?}");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    h.upstream.clear();
+    for _ in 0..6 {
+        h.assert_serves().await;
+    }
+    let after = peers(&h);
+    assert!(
+        after.is_disjoint(&before),
+        "a connection idle past timeouts.idle was reused: {before:?} then {after:?}"
+    );
+}
+
 #[tokio::test]
 async fn upstream_reset_mid_body_ends_the_response_and_others_are_served() {
     let h = start_with("").await;
