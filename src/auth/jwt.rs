@@ -115,6 +115,10 @@ impl<'de> Visitor<'de> for MemberVisitor {
     }
 }
 
+/// More members than any JOSE header has (RFC 7515 and RFC 7519 register
+/// fewer than twenty).
+const MAX_HEADER_MEMBERS: usize = 64;
+
 /// The header members the rules read; every other member is skipped
 /// unread (and unallocated), but no member name may appear twice, so no
 /// other JOSE parser can read another `alg` or `kid` out of it than we do.
@@ -142,6 +146,11 @@ impl<'de> Deserialize<'de> for Header<'de> {
                     let Member::Text(name) = name else {
                         return Err(de::Error::custom("member name not a string"));
                     };
+                    // The duplicate check is quadratic: bounded, so a header
+                    // of thousands of members costs nothing to refuse.
+                    if seen.len() == MAX_HEADER_MEMBERS {
+                        return Err(de::Error::custom("too many members"));
+                    }
                     if seen.contains(&name) {
                         return Err(de::Error::custom("duplicate member"));
                     }

@@ -611,6 +611,31 @@ async fn header_rules_on_raw_json() {
     }
 }
 
+/// A header with more members than any real one is refused before its
+/// (quadratic) duplicate check can cost anything; a large real-looking
+/// one still verifies.
+#[tokio::test]
+async fn header_member_count_is_bounded() {
+    let idp = Idp::start().await;
+    idp.set_jwks(vec![rsa_a().jwk(Some("k1"))]);
+    let v = Verifier::new(settings(&idp)).unwrap();
+    let c = claims(&idp);
+    let header_with = |extra: usize| {
+        let members: String = (0..extra).map(|i| format!(r#","x{i}":0"#)).collect();
+        format!(r#"{{"alg":"RS256","kid":"k1"{members}}}"#)
+    };
+    for (extra, want) in [
+        (62, Ok(())),
+        (63, invalid("malformed token")),
+        (5000, invalid("malformed token")),
+    ] {
+        let input = format!("{}.{}", b64(header_with(extra)), b64(c.to_string()));
+        let sig = rsa_a().sign("RS256", input.as_bytes());
+        let token = format!("{input}.{}", b64(sig));
+        assert_eq!(outcome(&v, &token).await, want, "{extra} extra members");
+    }
+}
+
 #[tokio::test]
 async fn embedded_key_headers_are_never_used() {
     let (idp, v) = setup().await;
