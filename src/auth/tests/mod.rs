@@ -60,8 +60,9 @@ async fn a_good_token_verifies_and_is_cached() {
     assert!(v.is_ready());
 }
 
-#[tokio::test]
-async fn every_supported_algorithm_verifies() {
+/// An issuer publishing one key of each type: RSA (`rsa`, shared), P-256
+/// (`p256`), P-384 (`p384`) and Ed25519 (`ed`).
+async fn idp_with_every_key_type() -> (Idp, TestKey, TestKey, TestKey) {
     let idp = Idp::start().await;
     let p256 = TestKey::p256();
     let p384 = TestKey::p384();
@@ -72,6 +73,12 @@ async fn every_supported_algorithm_verifies() {
         p384.jwk(Some("p384")),
         ed.jwk(Some("ed")),
     ]);
+    (idp, p256, p384, ed)
+}
+
+#[tokio::test]
+async fn every_supported_algorithm_verifies() {
+    let (idp, p256, p384, ed) = idp_with_every_key_type().await;
     let v = Verifier::new(settings(&idp)).unwrap();
     for (key, kid, alg) in [
         (rsa_a(), "rsa", "RS256"),
@@ -353,16 +360,7 @@ async fn tampered_payload_fails_the_signature() {
 /// good token passes, a changed payload or signature does not.
 #[tokio::test]
 async fn every_algorithm_rejects_a_tampered_token() {
-    let idp = Idp::start().await;
-    let p256 = TestKey::p256();
-    let p384 = TestKey::p384();
-    let ed = TestKey::ed25519();
-    idp.set_jwks(vec![
-        rsa_a().jwk(Some("rsa")),
-        p256.jwk(Some("p256")),
-        p384.jwk(Some("p384")),
-        ed.jwk(Some("ed")),
-    ]);
+    let (idp, p256, p384, ed) = idp_with_every_key_type().await;
     let v = Verifier::new(settings(&idp)).unwrap();
     let c = claims(&idp);
     for (key, kid, alg) in [
