@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::uri::{Authority, Scheme};
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -29,15 +28,6 @@ pub enum BuildError {
     Upstream(String),
 }
 
-/// Where one upstream lives, split for building request URIs.
-#[derive(Debug, Clone)]
-pub struct UpstreamTarget {
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// Its pooled connections.
-    pub client: Upstream,
-}
-
 /// Everything a request needs, compiled from one config load.
 pub struct Runtime {
     pub config: Config,
@@ -46,7 +36,8 @@ pub struct Runtime {
     /// issuers' background refresh (issuers a newer verifier reused go on).
     verifier_task: Arc<crate::auth::Background>,
     pub identity: IdentityHeaders,
-    pub upstreams: Vec<UpstreamTarget>,
+    /// Per `config.upstreams` entry: its pooled connections.
+    pub upstreams: Vec<Upstream>,
     /// Per route, indexed by `Route::index`.
     pub counters: Vec<Arc<RouteCounters>>,
     pub client: UpstreamClient,
@@ -92,11 +83,7 @@ impl Runtime {
             .map(|u| {
                 let parts = u.origin.clone().into_parts();
                 match (parts.scheme, parts.authority) {
-                    (Some(scheme), Some(authority)) => Ok(UpstreamTarget {
-                        client: client.upstream(&scheme, &authority),
-                        scheme,
-                        authority,
-                    }),
+                    (Some(scheme), Some(authority)) => Ok(client.upstream(&scheme, &authority)),
                     _ => Err(BuildError::Upstream(u.origin.to_string())),
                 }
             })

@@ -171,11 +171,18 @@ impl Upstream {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.within_response_timeout(self.exchange(request)).await
+    }
+
+    /// `exchange`, or `Timeout` once `response_timeout` has passed.
+    async fn within_response_timeout<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
         let timeout = self.shared.settings.response_timeout;
-        match tokio::time::timeout(timeout, self.exchange(request)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(result) => result,
-        }
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
     }
 
     async fn exchange(
@@ -256,7 +263,6 @@ impl Upstream {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let timeout = self.shared.settings.response_timeout;
         let exchange = async {
             let Conn {
                 mut sender,
@@ -273,10 +279,7 @@ impl Upstream {
                 .await
                 .map_err(|e| protocol_error(&e))
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(result) => result,
-        }
+        self.within_response_timeout(exchange).await
     }
 }
 
@@ -308,10 +311,15 @@ impl Conn {
         }
     }
 
+    /// Has neither side closed it (as far as the last `drive` saw)?
+    fn is_open(&self) -> bool {
+        !self.closed && !self.sender.is_closed()
+    }
+
     /// Is the connection open and free for the next request?
     fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
         self.drive(cx);
-        !self.closed && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+        self.is_open() && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
     }
 
     /// Sends `request` and waits for the response head, driving the
@@ -320,18 +328,10 @@ impl Conn {
         &mut self,
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, TrySendError> {
+        // hyper's request future holds no borrow of the sender.
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
-        let connection = &mut self.connection;
-        let closed = &mut self.closed;
         poll_fn(|cx| {
-            if !*closed {
-                if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
-                    *closed = true;
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "upstream connection ended");
-                    }
-                }
-            }
+            self.drive(cx);
             response.as_mut().poll(cx)
         })
         .await
@@ -360,7 +360,7 @@ impl UpstreamBody {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        if conn.closed || conn.sender.is_closed() {
+        if !conn.is_open() {
             return;
         }
         let mut idle = self
@@ -449,7 +449,7 @@ async fn sweep(shared: Weak<Shared>) {
                 idle.retain_mut(|i| {
                     i.since.elapsed() < timeout && {
                         i.conn.drive(cx);
-                        !i.conn.closed && !i.conn.sender.is_closed()
+                        i.conn.is_open()
                     }
                 });
             }

@@ -281,12 +281,11 @@ async fn handle_inner(
     let upstream_request = Request::from_parts(parts, body);
 
     let sent = if upgrade {
-        Box::pin(upstream.client.send_upgrade(upstream_request))
+        Box::pin(upstream.send_upgrade(upstream_request))
             .await
             .map(|r| r.map(Either::Right))
     } else {
         upstream
-            .client
             .send(upstream_request)
             .await
             .map(|r| r.map(Either::Left))
