@@ -10,9 +10,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
@@ -61,8 +58,9 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = crate::server::ServerLimits::from_config(&gateway.runtime().config);
+    let builders = Arc::new(crate::server::HttpBuilders::new(&limits));
+    let drain = crate::server::Drain::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -74,12 +72,10 @@ pub async fn serve(
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(respond(&gateway, &request)) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let builders = builders.clone();
+        let signal = drain.signal();
+        tokio::spawn(async move { builders.serve_cleartext(stream, service, signal).await });
     }
     drop(listener);
-    crate::server::drain(graceful, std::time::Duration::from_secs(1)).await;
+    drain.run(std::time::Duration::from_secs(1)).await;
 }

@@ -16,8 +16,6 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::error::Rejection;
@@ -215,8 +213,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = crate::server::ServerLimits::from_config(&gateway.runtime().config);
-    let builder = Arc::new(crate::server::connection_builder(&limits));
-    let graceful = GracefulShutdown::new();
+    let builders = Arc::new(crate::server::HttpBuilders::new(&limits));
+    let drain = crate::server::Drain::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -225,21 +223,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let signal = drain.signal();
         workers.spawn_connection(stream, move |stream| async move {
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(respond(&gateway, &request, peer).await) }
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let _ = watcher.watch(conn).await;
+            builders.serve_cleartext(stream, service, signal).await;
         });
     }
     drop(listener);
-    crate::server::drain(graceful, limits.shutdown_grace).await;
+    drain.run(limits.shutdown_grace).await;
 }
 
 #[cfg(test)]

@@ -1,21 +1,29 @@
 //! Accept loop, TLS, HTTP/1.1 + HTTP/2 (ALPN or prior knowledge), limits,
 //! and graceful drain. `serve(listener, ..., shutdown)` so tests bind port 0
 //! and pass their own shutdown future.
+//!
+//! The protocol is chosen before hyper sees the connection: by ALPN on TLS,
+//! and on cleartext by peeking at the first bytes for the HTTP/2 preface.
+//! Peeking consumes nothing, so hyper's HTTP/1 reader gets the whole first
+//! request in one read and keeps a single 8 KiB buffer. (hyper-util's auto
+//! builder reads 24 bytes to sniff and hands them over separately; hyper's
+//! second read then doubles its buffer to 16 KiB for the connection's life.)
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
@@ -45,23 +53,230 @@ impl ServerLimits {
     }
 }
 
-/// The hyper connection builder for these limits.
-pub fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.client_header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(256)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(limits.idle_timeout))
-        .max_concurrent_streams(256);
-    builder
+/// HTTP/2's connection preface (RFC 9113 §3.4). A cleartext connection that
+/// opens with it speaks HTTP/2 with prior knowledge; any other opening is
+/// HTTP/1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The protocol of a cleartext connection, from its first bytes, peeked
+/// without consuming them; `None` when the client closed without sending
+/// any. The caller bounds the wait.
+pub async fn sniff_protocol(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if head[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        // A strict prefix of the preface so far (a client writing it in
+        // pieces). Peeking again at once would return the same bytes and
+        // spin, so wait a little before looking again.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The protocol a TLS client chose by ALPN: HTTP/2 only when it asked for
+/// `h2` (RFC 9113 §3.2 negotiates HTTP/2 over TLS that way), else HTTP/1.1.
+fn negotiated_protocol(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Protocol {
+    match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 connection builders for one listener's limits.
+pub struct HttpBuilders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How long a new connection may take to send its first bytes (or to
+    /// finish the TLS handshake).
+    first_bytes_within: Duration,
+}
+
+impl HttpBuilders {
+    pub fn new(limits: &ServerLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.client_header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(256)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(limits.idle_timeout))
+            .max_concurrent_streams(256);
+        HttpBuilders {
+            http1,
+            http2,
+            first_bytes_within: limits.client_header_timeout,
+        }
+    }
+
+    /// Serves one cleartext connection to its end: HTTP/1.1 (with
+    /// upgrades) or HTTP/2 by its first bytes. A client that sends nothing
+    /// within `client_header` is dropped.
+    pub async fn serve_cleartext<S, B>(&self, stream: TcpStream, service: S, drain: DrainSignal)
+    where
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let protocol =
+            match tokio::time::timeout(self.first_bytes_within, sniff_protocol(&stream)).await {
+                Ok(Ok(Some(protocol))) => protocol,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "reading the first bytes failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("client sent nothing within client_header");
+                    return;
+                }
+            };
+        self.serve(TokioIo::new(stream), protocol, service, drain)
+            .await;
+    }
+
+    /// Serves one TLS connection to its end, in the protocol ALPN chose.
+    pub async fn serve_tls<S, B>(
+        &self,
+        stream: TcpStream,
+        acceptor: TlsAcceptor,
+        service: S,
+        drain: DrainSignal,
+    ) where
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let stream =
+            match tokio::time::timeout(self.first_bytes_within, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+        let protocol = negotiated_protocol(&stream);
+        let stream = FirstReadDeadline::new(stream, self.first_bytes_within);
+        self.serve(TokioIo::new(stream), protocol, service, drain)
+            .await;
+    }
+
+    async fn serve<I, S, B>(&self, io: I, protocol: Protocol, service: S, drain: DrainSignal)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let result = match protocol {
+            Protocol::Http1 => {
+                let conn = self.http1.serve_connection(io, service).with_upgrades();
+                until_drained(conn, drain, |conn| conn.graceful_shutdown()).await
+            }
+            // Boxed: HTTP/2's state is twice HTTP/1's, and the HTTP/1
+            // connections should not carry its size in their task.
+            Protocol::Http2 => {
+                let conn = self.http2.serve_connection(io, service);
+                Box::pin(until_drained(conn, drain, |conn| conn.graceful_shutdown())).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Runs `conn` to its end; when `drain` fires first, asks it to finish
+/// what is in flight (`shutdown`) and then runs it to its end.
+async fn until_drained<C, E>(
+    conn: C,
+    mut drain: DrainSignal,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        () = drain.fired() => shutdown(conn.as_mut()),
+    }
+    conn.await
+}
+
+/// Tells the connections holding its [`DrainSignal`]s to finish what is in
+/// flight and close, then waits until they have.
+pub struct Drain {
+    signal: watch::Sender<bool>,
+}
+
+/// A connection's end of a [`Drain`].
+pub struct DrainSignal(watch::Receiver<bool>);
+
+impl DrainSignal {
+    /// Resolves once the drain has begun (or its [`Drain`] is gone).
+    async fn fired(&mut self) {
+        let _ = self.0.wait_for(|&draining| draining).await;
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            signal: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Drain {
+    /// The signal for one more connection.
+    pub fn signal(&self) -> DrainSignal {
+        DrainSignal(self.signal.subscribe())
+    }
+
+    /// Signals every connection and waits until all have closed, at most
+    /// `grace`.
+    pub async fn run(self, grace: Duration) {
+        self.signal.send_replace(true);
+        tokio::select! {
+            _ = self.signal.closed() => tracing::info!("all connections drained"),
+            _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+        }
+    }
 }
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then stops
@@ -76,8 +291,8 @@ pub async fn serve(
 ) {
     let limits = ServerLimits::from_config(&gateway.runtime().config);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(connection_builder(&limits));
+    let drain = Drain::default();
+    let builders = Arc::new(HttpBuilders::new(&limits));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -93,10 +308,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.client_header_timeout;
+        let signal = drain.signal();
         workers.spawn_connection(stream, move |stream| async move {
             let _permit = permit;
             let peer = Peer {
@@ -107,50 +321,25 @@ pub async fn serve(
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(proxy::handle(&gateway, request, peer).await) }
             });
-            let result =
-                match tls {
-                    None => {
-                        let stream = FirstReadDeadline::new(stream, handshake_timeout);
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%addr, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let stream = FirstReadDeadline::new(stream, handshake_timeout);
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-            if let Err(e) = result {
-                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            match tls {
+                None => builders.serve_cleartext(stream, service, signal).await,
+                // Boxed: the TLS state is large, and cleartext connections
+                // should not carry its size in their task.
+                Some(acceptor) => {
+                    Box::pin(builders.serve_tls(stream, acceptor, service, signal)).await
+                }
             }
         });
     }
     drop(listener);
-    drain(graceful, limits.shutdown_grace).await;
+    drain.run(limits.shutdown_grace).await;
 }
 
-/// A stream whose first read must bring bytes within a deadline: hyper's
-/// `header_read_timeout` only starts once HTTP/1 has been chosen, and the
-/// auto builder's protocol sniffing (h2 preface or not) waits unbounded, so
-/// without this a client that connects and sends nothing would hold a
-/// connection slot forever. Later reads are not bounded here (hyper's
-/// header timeout covers HTTP/1 keep-alive; HTTP/2 uses pings).
+/// A stream whose first read must bring bytes within a deadline, for TLS
+/// connections: the handshake is bounded, but an HTTP/2 client (chosen by
+/// ALPN) that then sends no preface would otherwise hold its connection
+/// slot unbounded. Later reads are not bounded here (hyper's header timeout
+/// covers HTTP/1 keep-alive; HTTP/2 uses pings).
 struct FirstReadDeadline<T> {
     inner: T,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -242,13 +431,5 @@ pub async fn accept(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Waits for the watched connections to finish, at most `grace`.
-pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
 }

@@ -1122,6 +1122,114 @@ async fn gw_status_h2(
         .as_u16()
 }
 
+/// Writes the first `at` bytes of the connection, pauses, then the rest.
+struct PausedAfter {
+    inner: TcpStream,
+    at: usize,
+    written: usize,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for PausedAfter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PausedAfter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.written < this.at {
+            let part = &buf[..buf.len().min(this.at - this.written)];
+            let n = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, part))?;
+            this.written += n;
+            if this.written == this.at {
+                this.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(150))));
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if let Some(pause) = this.pause.as_mut() {
+            std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+            this.pause = None;
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The protocol is read from the first bytes without consuming them: a
+/// client whose opening is cut short after a prefix of the HTTP/2 preface
+/// is still served, in HTTP/2 when the rest is the preface and in HTTP/1
+/// when it is not ("P" then "OST").
+#[tokio::test]
+async fn protocol_is_chosen_when_the_opening_bytes_arrive_in_pieces() {
+    let (gw, upstream) = limits_gateway("").await;
+    let base = format!("http://{}", gw.proxy_addr);
+
+    let tcp = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    let split = PausedAfter {
+        inner: tcp,
+        at: 10,
+        written: 0,
+        pause: None,
+    };
+    let started = Instant::now();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(split))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = h2
+        .send_request(
+            http::Request::get(format!("{base}/public/split-h2"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(upstream.last().unwrap().path_and_query, "/public/split-h2");
+
+    let mut conn = RawConn::connect(gw.proxy_addr).await.unwrap();
+    conn.write(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let rest = format!(
+        "OST /public/split-h1 HTTP/1.1\r\nHost: {}\r\nContent-Length: 2\r\n\r\nhi",
+        gw.proxy_addr
+    );
+    let r = conn.request(rest.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 200);
+    let seen = upstream.last().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path_and_query, "/public/split-h1");
+    assert_eq!(seen.body_text(), "hi");
+    assert_eq!(upstream.count(), 2);
+}
+
 // ---------------------------------------------------------------- limits
 
 async fn limits_gateway(extra: &str) -> (Running, Upstream) {

@@ -167,29 +167,30 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Sends the request; waits at most `response_timeout` for the response
     /// head. The body streams afterwards, without a deadline.
-    pub async fn send(
+    ///
+    /// A named future rather than an `async fn`: each `async` layer that
+    /// takes a future by value stores it twice, and this one sits in every
+    /// client connection's request future.
+    pub fn send(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        self.within_response_timeout(self.exchange(request)).await
+    ) -> WithinResponseTimeout<
+        impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_,
+    > {
+        self.within_response_timeout(self.exchange(request))
     }
 
     /// `exchange`, or `Timeout` once `response_timeout` has passed.
-    async fn within_response_timeout<T>(
-        &self,
-        exchange: impl Future<Output = Result<T, UpstreamError>>,
-    ) -> Result<T, UpstreamError> {
-        let timeout = self.shared.settings.response_timeout;
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout))
+    fn within_response_timeout<F: Future>(&self, exchange: F) -> WithinResponseTimeout<F> {
+        WithinResponseTimeout {
+            inner: tokio::time::timeout(self.shared.settings.response_timeout, exchange),
+        }
     }
 
     async fn exchange(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut request = request;
         // A pooled connection the upstream closed meanwhile refuses the
         // request before sending any of it; that one is retried on a new
         // connection. Once bytes have left, nothing is retried.
@@ -280,6 +281,28 @@ impl Upstream {
                 .map_err(|e| protocol_error(&e))
         };
         self.within_response_timeout(exchange).await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream exchange bounded by `response_timeout`.
+    pub struct WithinResponseTimeout<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+    }
+}
+
+impl<F, T> Future for WithinResponseTimeout<F>
+where
+    F: Future<Output = Result<T, UpstreamError>>,
+{
+    type Output = Result<T, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .inner
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(UpstreamError::Timeout)))
     }
 }
 

@@ -38,14 +38,15 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// A request that may pass.
+/// A request that may pass: its route (borrowed from the runtime) and its
+/// path (borrowed from the request when normalizing changed nothing).
 #[derive(Debug)]
-pub struct Allowed<'a> {
-    pub route: &'a Route,
+pub struct Allowed<'r, 'p> {
+    pub route: &'r Route,
     /// `None` on public routes.
     pub principal: Option<Arc<Principal>>,
     /// The normalized path: what is matched and what is forwarded.
-    pub path: Cow<'a, str>,
+    pub path: Cow<'p, str>,
 }
 
 /// A request that may not pass, with the route it matched (if any).
@@ -97,12 +98,12 @@ pub fn target_path<'a>(method: &Method, uri: &'a Uri) -> Result<&'a str, Rejecti
 }
 
 /// Normalize, match, verify, check scopes. Shared by the proxy and forward-auth.
-pub async fn authorize<'a>(
-    runtime: &'a Runtime,
+pub async fn authorize<'r, 'p>(
+    runtime: &'r Runtime,
     method: &Method,
-    raw_path: &'a str,
+    raw_path: &'p str,
     headers: &HeaderMap,
-) -> Result<Allowed<'a>, Denied<'a>> {
+) -> Result<Allowed<'r, 'p>, Denied<'r>> {
     let deny = |rejection, route| Denied { rejection, route };
     let path = crate::route::normalize(raw_path).map_err(|e| deny(Rejection::BadPath(e), None))?;
     let Some(route) = runtime.config.routes.lookup(method.as_str(), &path) else {
@@ -197,9 +198,7 @@ async fn handle_inner(
     record: &mut AccessRecord,
 ) -> Result<Response<Body>, Rejection> {
     let metrics = &gateway.metrics;
-    // Cheap clone (shared bytes): lets the path borrow outlive `&mut request`.
-    let target = request.uri().clone();
-    let raw_path = match target_path(request.method(), &target) {
+    let raw_path = match target_path(request.method(), request.uri()) {
         Ok(p) => p,
         Err(rejection) => {
             metrics.unmatched().record(Decision::InvalidRequest);
@@ -232,22 +231,29 @@ async fn handle_inner(
         record.subject = allowed.principal.as_ref().and_then(|p| p.subject.clone());
     }
 
+    let Allowed {
+        route,
+        principal,
+        path,
+    } = allowed;
     let upstream = runtime
         .upstreams
-        .get(allowed.route.upstream)
+        .get(route.upstream)
         .ok_or(Rejection::BadGateway("route has no upstream"))?;
-    let upgrade = headers::is_upgrade(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-
-    let (mut parts, body) = request.into_parts();
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{}?{q}", allowed.path),
-        None => allowed.path.into_owned(),
-    };
     // Origin form (`/path?query`): the connection already goes to the
-    // upstream, and hyper writes the target as given.
+    // upstream, and hyper writes the target as given. Built first, so that
+    // nothing holds the client's request target once it is replaced: it
+    // shares the connection's read buffer, which would otherwise stay
+    // pinned (and be reallocated for the next read) until the response.
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
     let uri = Uri::try_from(path_and_query)
         .map_err(|_| Rejection::BadRequest("malformed request target"))?;
+    let upgrade = headers::is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
 
     let h = &mut parts.headers;
     headers::remove_hop_by_hop(h, upgrade, runtime.identity.names());
@@ -270,7 +276,7 @@ async fn handle_inner(
         if peer.tls { "https" } else { "http" },
         host,
     );
-    if let Some(principal) = &allowed.principal {
+    if let Some(principal) = &principal {
         if runtime.config.forward.strip_authorization {
             h.remove(http::header::AUTHORIZATION);
         }
