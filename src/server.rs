@@ -115,7 +115,9 @@ impl HttpBuilders {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.client_header_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(256)
+            // hyper's default of 100 header fields (Envoy's too) stays: a
+            // higher `max_headers` moves its parse arrays to the heap, two
+            // 8 KiB allocations per message.
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
@@ -315,12 +317,10 @@ pub async fn serve(
         let signal = drain.signal();
         workers.spawn_connection(stream, move |stream| async move {
             let _permit = permit;
-            let peer = Peer {
-                addr,
-                tls: tls.is_some(),
-            };
+            let peer = Peer::new(addr, tls.is_some());
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
+                let peer = peer.clone();
                 async move { Ok::<_, Infallible>(proxy::handle(&gateway, request, peer).await) }
             });
             match tls {

@@ -1353,6 +1353,25 @@ async fn refused_upstream_is_502_quickly_and_oversized_heads_431() {
     );
 }
 
+/// At most 100 header fields per request (hyper's and Envoy's default):
+/// the 100th passes, the 101st is 431, and nothing reaches the upstream.
+#[tokio::test]
+async fn header_field_count_is_bounded_at_100() {
+    let (gw, upstream) = limits_gateway("").await;
+    let names: Vec<String> = (0..100).map(|i| format!("x-field-{i}")).collect();
+    // `get` adds Host and Connection: with 98 more, the request has 100.
+    let fields: Vec<(&str, &str)> = names[..98].iter().map(|n| (n.as_str(), "v")).collect();
+    let r = get(gw.proxy_addr, "/public/many", &fields).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(upstream.last().unwrap().header("x-field-97"), Some("v"));
+    // 101 fields.
+    let fields: Vec<(&str, &str)> = names[..99].iter().map(|n| (n.as_str(), "v")).collect();
+    let r = get(gw.proxy_addr, "/public/too-many", &fields).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(upstream.count(), 1, "nothing more reached the upstream");
+}
+
 // ---------------------------------------------------------------- shutdown (real binary)
 
 fn public_config(upstream: &Upstream, extra: &str) -> String {

@@ -77,8 +77,8 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let mut http1 = http1::Builder::new();
-        http1.max_headers(256);
+        // hyper's default of 100 header fields: see `server::HttpBuilders`.
+        let http1 = http1::Builder::new();
         let shared = Arc::new(Shared {
             settings,
             connector,

@@ -55,6 +55,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, protected:
             if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
                 continue;
             }
+            // `Connection: keep-alive` and friends: removed below anyway, and
+            // parsing a name that is not a standard one allocates.
+            if HOP_BY_HOP
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+            {
+                continue;
+            }
             if let Ok(name) = HeaderName::from_bytes(token) {
                 if name != header::HOST && !protected.contains(&name) {
                     named.push(name);
@@ -166,12 +174,18 @@ fn claim_as_header_text(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// A client address as an `X-Forwarded-For` entry.
+pub fn forwarded_for_entry(ip: std::net::IpAddr) -> HeaderValue {
+    // An address prints as digits, dots, colons and hex: always a valid value.
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Sets `X-Forwarded-For` (all incoming values kept, in order, the peer
 /// appended), and `X-Forwarded-Proto` / `X-Forwarded-Host` (replacing what
 /// the client sent).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: std::net::IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
@@ -185,10 +199,14 @@ pub fn set_forwarded(
             }
         }
     }
-    use std::fmt::Write as _;
-    let _ = write!(xff, "{peer}");
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    if xff.is_empty() {
+        // The common case (the gateway is the first hop): no copy at all.
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
+    } else {
+        xff.push_str(peer.to_str().unwrap_or_default());
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
@@ -306,7 +324,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut h,
-            "127.0.0.9".parse().unwrap(),
+            &forwarded_for_entry("127.0.0.9".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("api.example")),
         );

@@ -31,11 +31,24 @@ use crate::route::{Requirement, Route};
 pub type Body = Either<Either<forward::UpstreamBody, Incoming>, Full<Bytes>>;
 
 /// Facts about the client connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     /// Did the client connect over TLS (for `X-Forwarded-Proto`)?
     pub tls: bool,
+    /// The client's address as an `X-Forwarded-For` entry, rendered once per
+    /// connection rather than per request.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, tls: bool) -> Peer {
+        Peer {
+            addr,
+            tls,
+            forwarded_for: headers::forwarded_for_entry(addr.ip()),
+        }
+    }
 }
 
 /// A request that may pass: its route (borrowed from the runtime) and its
@@ -164,7 +177,7 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>, peer: Peer) -
     let runtime = gateway.runtime();
     let method = request.method().clone();
     let mut record = AccessRecord::default();
-    let response = match handle_inner(gateway, &runtime, request, peer, &mut record).await {
+    let response = match handle_inner(gateway, &runtime, request, &peer, &mut record).await {
         Ok(response) => response,
         Err(rejection) => rejection.to_response().map(Either::Right),
     };
@@ -194,7 +207,7 @@ async fn handle_inner(
     gateway: &Gateway,
     runtime: &Runtime,
     mut request: Request<Incoming>,
-    peer: Peer,
+    peer: &Peer,
     record: &mut AccessRecord,
 ) -> Result<Response<Body>, Rejection> {
     let metrics = &gateway.metrics;
@@ -272,7 +285,7 @@ async fn handle_inner(
     }
     headers::set_forwarded(
         h,
-        peer.addr.ip(),
+        &peer.forwarded_for,
         if peer.tls { "https" } else { "http" },
         host,
     );

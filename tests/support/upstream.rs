@@ -254,7 +254,9 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream) {
         tap: Arc::clone(&tap),
     };
     let service = service_fn(move |req| handle(Arc::clone(&state), peer, Arc::clone(&tap), req));
+    // More header fields than the gateway accepts, so its limit is what tests see.
     let _ = http1::Builder::new()
+        .max_headers(200)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
