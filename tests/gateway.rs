@@ -213,10 +213,19 @@ async fn normalized_path_is_what_goes_upstream() {
 #[tokio::test]
 async fn absolute_form_target_is_treated_as_its_path() {
     let h = start().await;
-    let target = format!("http://{}/public/x", h.addr());
-    let r = h.request("GET", &target, &[]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(h.upstream.last().unwrap().path_and_query, "/public/x");
+    for (path, forwarded) in [
+        ("/public/x", "/public/x"),
+        ("/public/x?a=1&b=%2F", "/public/x?a=1&b=%2F"),
+        ("/public//y/./z?q", "/public/y/z?q"),
+    ] {
+        let target = format!("http://{}{path}", h.addr());
+        let r = h.request("GET", &target, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = h.upstream.last().unwrap();
+        assert_eq!(seen.path_and_query, forwarded);
+        // Origin form on the wire, whichever form the client used.
+        assert_eq!(seen.uri, forwarded);
+    }
 }
 
 #[tokio::test]

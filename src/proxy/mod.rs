@@ -254,16 +254,26 @@ async fn handle_inner(
         .get(route.upstream)
         .ok_or(Rejection::BadGateway("route has no upstream"))?;
     // Origin form (`/path?query`): the connection already goes to the
-    // upstream, and hyper writes the target as given. Built first, so that
-    // nothing holds the client's request target once it is replaced: it
-    // shares the connection's read buffer, which would otherwise stay
-    // pinned (and be reallocated for the next read) until the response.
-    let path_and_query = match request.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.into_owned(),
+    // upstream, and hyper writes the target as given. Decided first, so that
+    // nothing but the upstream request holds the client's request target
+    // afterwards: it shares the connection's read buffer, which would
+    // otherwise stay pinned (and be reallocated for the next read) until
+    // the response.
+    let uri = match (&path, request.uri().path_and_query()) {
+        // Normalizing changed nothing: the target goes on as it came, its
+        // bytes shared rather than copied.
+        (Cow::Borrowed(_), Some(target)) if target.as_str().starts_with('/') => {
+            Uri::from(target.clone())
+        }
+        _ => {
+            let path_and_query = match request.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            Uri::try_from(path_and_query)
+                .map_err(|_| Rejection::BadRequest("malformed request target"))?
+        }
     };
-    let uri = Uri::try_from(path_and_query)
-        .map_err(|_| Rejection::BadRequest("malformed request target"))?;
     let upgrade = headers::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
