@@ -60,7 +60,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+enum Protocol {
     Http1,
     Http2,
 }
@@ -68,7 +68,7 @@ pub enum Protocol {
 /// The protocol of a cleartext connection, from its first bytes, peeked
 /// without consuming them; `None` when the client closed without sending
 /// any. The caller bounds the wait.
-pub async fn sniff_protocol(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+async fn sniff_protocol(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     let mut head = [0u8; H2_PREFACE.len()];
     let mut pause = Duration::from_millis(1);
     loop {
@@ -97,6 +97,32 @@ fn negotiated_protocol(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> P
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     }
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A listener's service: a hyper service whose futures and bodies may be
+/// sent to a worker thread.
+pub trait ConnService:
+    HttpService<
+        Incoming,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+        ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: HttpService<
+            Incoming,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+            ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+        > + Send
+        + 'static
+{
 }
 
 /// The HTTP/1.1 and HTTP/2 connection builders for one listener's limits.
@@ -135,74 +161,68 @@ impl HttpBuilders {
     /// Serves one cleartext connection to its end: HTTP/1.1 (with
     /// upgrades) or HTTP/2 by its first bytes. A client that sends nothing
     /// within `client_header` is dropped.
-    pub async fn serve_cleartext<S, B>(&self, stream: TcpStream, service: S, drain: DrainSignal)
-    where
-        S: HttpService<Incoming, ResBody = B> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    {
-        let protocol =
-            match tokio::time::timeout(self.first_bytes_within, sniff_protocol(&stream)).await {
-                Ok(Ok(Some(protocol))) => protocol,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "reading the first bytes failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("client sent nothing within client_header");
-                    return;
-                }
-            };
+    pub async fn serve_cleartext<S: ConnService>(
+        &self,
+        stream: TcpStream,
+        service: S,
+        drain: DrainSignal,
+    ) {
+        // `None` inside: the client closed without sending a byte.
+        let Some(Some(protocol)) = self
+            .within_first_bytes("reading the first bytes", sniff_protocol(&stream))
+            .await
+        else {
+            return;
+        };
         self.serve(TokioIo::new(stream), protocol, service, drain)
             .await;
     }
 
     /// Serves one TLS connection to its end, in the protocol ALPN chose.
-    pub async fn serve_tls<S, B>(
+    pub async fn serve_tls<S: ConnService>(
         &self,
         stream: TcpStream,
         acceptor: TlsAcceptor,
         service: S,
         drain: DrainSignal,
-    ) where
-        S: HttpService<Incoming, ResBody = B> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    {
-        let stream =
-            match tokio::time::timeout(self.first_bytes_within, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            };
+    ) {
+        let Some(stream) = self
+            .within_first_bytes("the TLS handshake", acceptor.accept(stream))
+            .await
+        else {
+            return;
+        };
         let protocol = negotiated_protocol(&stream);
         let stream = FirstReadDeadline::new(stream, self.first_bytes_within);
         self.serve(TokioIo::new(stream), protocol, service, drain)
             .await;
     }
 
-    async fn serve<I, S, B>(&self, io: I, protocol: Protocol, service: S, drain: DrainSignal)
+    /// The result of a connection's first step (reading its first bytes,
+    /// the TLS handshake), or `None`, logged, when it fails or takes longer
+    /// than `client_header`.
+    async fn within_first_bytes<T>(
+        &self,
+        what: &str,
+        step: impl Future<Output = std::io::Result<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.first_bytes_within, step).await {
+            Ok(Ok(done)) => Some(done),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "{what} failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("{what} took longer than client_header");
+                None
+            }
+        }
+    }
+
+    async fn serve<I, S>(&self, io: I, protocol: Protocol, service: S, drain: DrainSignal)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: HttpService<Incoming, ResBody = B> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S: ConnService,
     {
         let result = match protocol {
             Protocol::Http1 => {
