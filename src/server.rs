@@ -9,7 +9,6 @@
 //! builder reads 24 bytes to sniff and hands them over separately; hyper's
 //! second read then doubles its buffer to 16 KiB for the connection's life.)
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
@@ -338,11 +337,8 @@ pub async fn serve(
         workers.spawn_connection(stream, move |stream| async move {
             let _permit = permit;
             let peer = Peer::new(addr, tls.is_some());
-            let service = service_fn(move |request| {
-                let gateway = gateway.clone();
-                let peer = peer.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(&gateway, request, peer).await) }
-            });
+            let service =
+                service_fn(move |request| proxy::handle(gateway.clone(), request, peer.clone()));
             match tls {
                 None => builders.serve_cleartext(stream, service, signal).await,
                 // Boxed: the TLS state is large, and cleartext connections

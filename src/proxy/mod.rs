@@ -9,6 +9,7 @@ pub mod forward;
 pub mod headers;
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -172,12 +173,18 @@ struct AccessRecord {
 }
 
 /// Serves one proxied request: never fails, every error becomes a response.
-pub async fn handle(gateway: &Gateway, request: Request<Incoming>, peer: Peer) -> Response<Body> {
+/// Takes what hyper's service hands it, as it is (the future is stored in
+/// every client connection: one layer of `async` less is 300 bytes less).
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    peer: Peer,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let runtime = gateway.runtime();
     let method = request.method().clone();
     let mut record = AccessRecord::default();
-    let response = match handle_inner(gateway, &runtime, request, &peer, &mut record).await {
+    let response = match handle_inner(&gateway, &runtime, request, &peer, &mut record).await {
         Ok(response) => response,
         Err(rejection) => rejection.to_response().map(Either::Right),
     };
@@ -200,7 +207,7 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>, peer: Peer) -
             latency_us = elapsed.as_micros() as u64,
         );
     }
-    response
+    Ok(response)
 }
 
 async fn handle_inner(
