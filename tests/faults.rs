@@ -352,6 +352,11 @@ async fn upstream_refusing_is_502() {
     h.assert_serves().await;
 }
 
+/// The client addresses the upstream saw: one per gateway connection to it.
+fn upstream_peers(h: &Harness) -> std::collections::HashSet<SocketAddr> {
+    h.upstream.requests().iter().map(|r| r.peer).collect()
+}
+
 /// Keep-alive connections to the upstream are pooled and reused; once the
 /// upstream has closed them, requests go out on a new connection.
 #[tokio::test]
@@ -360,8 +365,7 @@ async fn upstream_connections_are_reused_and_replaced_once_closed() {
     for _ in 0..10 {
         h.assert_serves().await;
     }
-    let first: std::collections::HashSet<SocketAddr> =
-        h.upstream.requests().iter().map(|r| r.peer).collect();
+    let first = upstream_peers(&h);
     // One pool per worker thread, and client connections go round robin.
     let workers = scopegate::workers::default_count();
     assert!(
@@ -376,8 +380,7 @@ async fn upstream_connections_are_reused_and_replaced_once_closed() {
     for _ in 0..5 {
         h.assert_serves().await;
     }
-    let second: std::collections::HashSet<SocketAddr> =
-        h.upstream.requests().iter().map(|r| r.peer).collect();
+    let second = upstream_peers(&h);
     assert!(second.len() <= workers.min(4), "{second:?}");
     assert!(
         second.is_disjoint(&first),
@@ -390,22 +393,19 @@ async fn upstream_connections_are_reused_and_replaced_once_closed() {
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let h = start_with("timeouts:\n  idle: 300ms").await;
-    let peers = |h: &Harness| -> std::collections::HashSet<SocketAddr> {
-        h.upstream.requests().iter().map(|r| r.peer).collect()
-    };
     // Within the timeout, connections are reused (every worker's pool
     // gets one).
     for _ in 0..6 {
         h.assert_serves().await;
     }
-    let before = peers(&h);
+    let before = upstream_peers(&h);
     assert!(before.len() < 6, "connections were not reused: {before:?}");
     tokio::time::sleep(Duration::from_millis(900)).await;
     h.upstream.clear();
     for _ in 0..6 {
         h.assert_serves().await;
     }
-    let after = peers(&h);
+    let after = upstream_peers(&h);
     assert!(
         after.is_disjoint(&before),
         "a connection idle past timeouts.idle was reused: {before:?} then {after:?}"

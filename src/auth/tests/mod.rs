@@ -60,33 +60,49 @@ async fn a_good_token_verifies_and_is_cached() {
     assert!(v.is_ready());
 }
 
+/// The non-RSA keys of [`idp_with_every_key_type`] (RSA is the shared `rsa_a`).
+struct EveryKey {
+    p256: TestKey,
+    p384: TestKey,
+    ed: TestKey,
+}
+
+impl EveryKey {
+    /// Every supported algorithm with the key and `kid` that sign it.
+    fn by_alg(&self) -> [(&TestKey, &'static str, &'static str); 5] {
+        [
+            (rsa_a(), "rsa", "RS256"),
+            (rsa_a(), "rsa", "PS256"),
+            (&self.p256, "p256", "ES256"),
+            (&self.p384, "p384", "ES384"),
+            (&self.ed, "ed", "EdDSA"),
+        ]
+    }
+}
+
 /// An issuer publishing one key of each type: RSA (`rsa`, shared), P-256
 /// (`p256`), P-384 (`p384`) and Ed25519 (`ed`).
-async fn idp_with_every_key_type() -> (Idp, TestKey, TestKey, TestKey) {
+async fn idp_with_every_key_type() -> (Idp, EveryKey) {
     let idp = Idp::start().await;
-    let p256 = TestKey::p256();
-    let p384 = TestKey::p384();
-    let ed = TestKey::ed25519();
+    let keys = EveryKey {
+        p256: TestKey::p256(),
+        p384: TestKey::p384(),
+        ed: TestKey::ed25519(),
+    };
     idp.set_jwks(vec![
         rsa_a().jwk(Some("rsa")),
-        p256.jwk(Some("p256")),
-        p384.jwk(Some("p384")),
-        ed.jwk(Some("ed")),
+        keys.p256.jwk(Some("p256")),
+        keys.p384.jwk(Some("p384")),
+        keys.ed.jwk(Some("ed")),
     ]);
-    (idp, p256, p384, ed)
+    (idp, keys)
 }
 
 #[tokio::test]
 async fn every_supported_algorithm_verifies() {
-    let (idp, p256, p384, ed) = idp_with_every_key_type().await;
+    let (idp, keys) = idp_with_every_key_type().await;
     let v = Verifier::new(settings(&idp)).unwrap();
-    for (key, kid, alg) in [
-        (rsa_a(), "rsa", "RS256"),
-        (rsa_a(), "rsa", "PS256"),
-        (&p256, "p256", "ES256"),
-        (&p384, "p384", "ES384"),
-        (&ed, "ed", "EdDSA"),
-    ] {
+    for (key, kid, alg) in keys.by_alg() {
         let token = mint(key, &json!({"alg": alg, "kid": kid}), &claims(&idp));
         assert_eq!(outcome(&v, &token).await, Ok(()), "{alg}");
     }
@@ -360,16 +376,10 @@ async fn tampered_payload_fails_the_signature() {
 /// good token passes, a changed payload or signature does not.
 #[tokio::test]
 async fn every_algorithm_rejects_a_tampered_token() {
-    let (idp, p256, p384, ed) = idp_with_every_key_type().await;
+    let (idp, keys) = idp_with_every_key_type().await;
     let v = Verifier::new(settings(&idp)).unwrap();
     let c = claims(&idp);
-    for (key, kid, alg) in [
-        (rsa_a(), "rsa", "RS256"),
-        (rsa_a(), "rsa", "PS256"),
-        (&p256, "p256", "ES256"),
-        (&p384, "p384", "ES384"),
-        (&ed, "ed", "EdDSA"),
-    ] {
+    for (key, kid, alg) in keys.by_alg() {
         let token = mint(key, &json!({"alg": alg, "kid": kid}), &c);
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         let good = parts.clone();
