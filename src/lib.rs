@@ -8,6 +8,7 @@
 //! - [`error`]: the one place rejections become responses
 //! - [`gateway`]: the swappable runtime state; [`app`]: process wiring, reload, signals
 //! - [`server`], [`admin`]: listeners; [`workers`]: the data-plane threads; [`metrics`]: Prometheus text
+//! - [`memory`]: free heap pages back to the OS once a burst of connections ends
 //! - [`explain`], [`route_tests`], [`demo`], [`cli`]: the subcommands
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod explain;
 pub mod forward_auth;
 pub mod gateway;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

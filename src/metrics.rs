@@ -158,6 +158,8 @@ pub struct Metrics {
     upstream_protocol_errors: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    heap_trims: AtomicU64,
+    heap_trims_released: AtomicU64,
 }
 
 impl Metrics {
@@ -216,6 +218,14 @@ impl Metrics {
         .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A heap trim ran (see [`crate::memory`]); `released`: pages went back.
+    pub fn heap_released(&self, released: bool) {
+        self.heap_trims.fetch_add(1, Ordering::Relaxed);
+        if released {
+            self.heap_trims_released.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Renders every metric; `extra` adds lines from other modules.
     pub fn render(&self, extra: &[&dyn MetricsSource]) -> String {
         let mut out = String::with_capacity(4096);
@@ -262,6 +272,15 @@ impl Metrics {
                 "scopegate_config_reloads_total{{result=\"{result}\"}} {}",
                 counter.load(Ordering::Relaxed)
             );
+        }
+        out.push_str(
+            "# HELP scopegate_heap_trims_total Free heap pages handed back to the OS after load, by result.\n",
+        );
+        out.push_str("# TYPE scopegate_heap_trims_total counter\n");
+        let trims = self.heap_trims.load(Ordering::Relaxed);
+        let released = self.heap_trims_released.load(Ordering::Relaxed);
+        for (result, n) in [("released", released), ("nothing", trims - released)] {
+            let _ = writeln!(out, "scopegate_heap_trims_total{{result=\"{result}\"}} {n}");
         }
         for source in extra {
             source.render(&mut out);

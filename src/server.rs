@@ -314,6 +314,14 @@ pub async fn serve(
 ) {
     let limits = ServerLimits::from_config(&gateway.runtime().config);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open_connections = {
+        let (permits, max) = (Arc::downgrade(&permits), limits.max_connections.max(1));
+        move || Some(max - permits.upgrade()?.available_permits())
+    };
+    tokio::spawn(crate::memory::release_after_load(
+        gateway.metrics.clone(),
+        open_connections,
+    ));
     let drain = Drain::default();
     let builders = Arc::new(HttpBuilders::new(&limits));
     tokio::pin!(shutdown);

@@ -1372,6 +1372,42 @@ async fn header_field_count_is_bounded_at_100() {
     assert_eq!(upstream.count(), 1, "nothing more reached the upstream");
 }
 
+/// When a burst of connections ends, the gateway hands the free heap back
+/// (`scopegate_heap_trims_total`); while they are open, it does not.
+#[tokio::test]
+async fn heap_is_trimmed_once_a_burst_of_connections_ends() {
+    let (gw, upstream) = limits_gateway("").await;
+    let trims = |m: &str| {
+        metric(m, "scopegate_heap_trims_total{result=\"released\"}")
+            + metric(m, "scopegate_heap_trims_total{result=\"nothing\"}")
+    };
+    let mut conns = Vec::new();
+    for i in 0..100 {
+        let mut conn = RawConn::connect(gw.proxy_addr).await.unwrap();
+        // Keep-alive: the connection stays open after its answer.
+        let request = format!("GET /public/burst-{i} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let r = conn.request(request.as_bytes()).await.unwrap();
+        assert_eq!(r.status, 200);
+        conns.push(conn);
+    }
+    assert_eq!(upstream.count(), 100);
+    // Longer than a few looks at the connection count (every 250 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        trims(&metrics(gw.admin_addr).await),
+        0.0,
+        "trimmed under load"
+    );
+    drop(conns);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            trims(&metrics(gw.admin_addr).await) >= 1.0
+        })
+        .await,
+        "no trim after 100 connections closed"
+    );
+}
+
 // ---------------------------------------------------------------- shutdown (real binary)
 
 fn public_config(upstream: &Upstream, extra: &str) -> String {
