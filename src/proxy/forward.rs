@@ -187,28 +187,33 @@ impl Upstream {
         }
     }
 
-    async fn exchange(
+    /// An `async` block rather than an `async fn`, which would store the
+    /// request twice: its argument and its local copy.
+    #[allow(clippy::manual_async_fn)]
+    fn exchange(
         &self,
         mut request: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        // A pooled connection the upstream closed meanwhile refuses the
-        // request before sending any of it; that one is retried on a new
-        // connection. Once bytes have left, nothing is retried.
-        while let Some(mut conn) = self.checkout().await {
-            match conn.send(request).await {
-                Ok(response) => return Ok(self.response(response, conn)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(protocol_error(&e.into_error())),
-                },
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_ {
+        async move {
+            // A pooled connection the upstream closed meanwhile refuses the
+            // request before sending any of it; that one is retried on a new
+            // connection. Once bytes have left, nothing is retried.
+            while let Some(mut conn) = self.checkout().await {
+                match conn.send(request).await {
+                    Ok(response) => return Ok(self.response(response, conn)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => request = unsent,
+                        None => return Err(protocol_error(&e.into_error())),
+                    },
+                }
             }
-        }
-        // Boxed: the connect future is large and rare; the pooled path
-        // should not carry (and move) it on every request.
-        let mut conn = Box::pin(self.connect()).await?;
-        match conn.send(request).await {
-            Ok(response) => Ok(self.response(response, conn)),
-            Err(e) => Err(protocol_error(&e.into_error())),
+            // Boxed: the connect future is large and rare; the pooled path
+            // should not carry (and move) it on every request.
+            let mut conn = Box::pin(self.connect()).await?;
+            match conn.send(request).await {
+                Ok(response) => Ok(self.response(response, conn)),
+                Err(e) => Err(protocol_error(&e.into_error())),
+            }
         }
     }
 
@@ -346,18 +351,37 @@ impl Conn {
     }
 
     /// Sends `request` and waits for the response head, driving the
-    /// connection meanwhile.
-    async fn send(
+    /// connection meanwhile. hyper takes the request at once, and its
+    /// future holds no borrow of the sender.
+    fn send(
         &mut self,
         request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, TrySendError> {
-        // hyper's request future holds no borrow of the sender.
-        let mut response = std::pin::pin!(self.sender.try_send_request(request));
-        poll_fn(|cx| {
-            self.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
+    ) -> Sending<'_, impl Future<Output = Result<Response<Incoming>, TrySendError>>> {
+        let response = self.sender.try_send_request(request);
+        Sending {
+            conn: self,
+            response,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response head on its way, and the connection it comes on, which
+    /// must be polled for it to arrive.
+    struct Sending<'c, F> {
+        conn: &'c mut Conn,
+        #[pin]
+        response: F,
+    }
+}
+
+impl<F: Future> Future for Sending<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.conn.drive(cx);
+        this.response.poll(cx)
     }
 }
 

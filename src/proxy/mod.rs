@@ -10,6 +10,7 @@ pub mod headers;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use crate::auth::{self, AuthError, Principal};
 use crate::error::Rejection;
 use crate::gateway::{Gateway, Runtime};
-use crate::metrics::{Decision, UpstreamError};
+use crate::metrics::{Decision, Metrics, UpstreamError};
 use crate::route::{Requirement, Route};
 
 /// Response bodies: the upstream's, streamed (an upgrade's is empty and
@@ -173,114 +174,168 @@ struct AccessRecord {
 }
 
 /// Serves one proxied request: never fails, every error becomes a response.
-/// Takes what hyper's service hands it, as it is (the future is stored in
-/// every client connection: one layer of `async` less is 300 bytes less).
-pub async fn handle(
+///
+/// hyper keeps this future in a box per client connection, sized for its
+/// largest state, so its shape is chosen for size: one `async` block that
+/// uses what it captured in place (an `async fn` copies its arguments into
+/// locals first, and every nested `async` layer taking the request by value
+/// stores it again), and the work between the two awaits (authorizing,
+/// waiting for the upstream) in plain functions, whose locals never live in
+/// the future.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` is larger
+pub fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
     peer: Peer,
-) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let runtime = gateway.runtime();
-    let method = request.method().clone();
-    let mut record = AccessRecord::default();
-    let response = match handle_inner(&gateway, &runtime, request, &peer, &mut record).await {
-        Ok(response) => response,
-        Err(rejection) => rejection.to_response().map(Either::Right),
-    };
-    let elapsed = started.elapsed();
-    gateway.metrics.observe_latency(elapsed);
-    if tracing::enabled!(target: "scopegate::access", tracing::Level::INFO) {
-        let route = record
-            .route
-            .and_then(|i| runtime.config.routes.routes().get(i))
-            .map(crate::gateway::route_label);
-        tracing::info!(
-            target: "scopegate::access",
-            peer = %peer.addr,
-            %method,
-            path = record.path.as_deref().unwrap_or("-"),
-            route = route.as_deref().unwrap_or("-"),
-            decision = record.decision.map_or("-", Decision::as_str),
-            status = response.status().as_u16(),
-            subject = record.subject.as_deref().unwrap_or("-"),
-            latency_us = elapsed.as_micros() as u64,
-        );
+) -> impl Future<Output = Result<Response<Body>, Infallible>> {
+    async move {
+        let started = Instant::now();
+        let runtime = gateway.runtime();
+        let method = request.method().clone();
+        let mut record = AccessRecord::default();
+        let outcome: Result<Response<Body>, Rejection> = 'outcome: {
+            let raw_path = match target_path(request.method(), request.uri()) {
+                Ok(p) => p,
+                Err(rejection) => {
+                    gateway.metrics.unmatched().record(Decision::InvalidRequest);
+                    record.decision = Some(Decision::InvalidRequest);
+                    break 'outcome Err(rejection);
+                }
+            };
+            let authorized =
+                authorize(&runtime, request.method(), raw_path, request.headers()).await;
+            let forward = match authorized {
+                Ok(allowed) => {
+                    record.allowed(&runtime, &gateway.metrics, &allowed);
+                    let Allowed {
+                        route,
+                        principal,
+                        path,
+                    } = allowed;
+                    origin_form(path, request.uri())
+                        .and_then(|uri| prepare_forward(&runtime, &peer, uri, request, principal))
+                        .map(|forward| (route, forward))
+                }
+                Err(denied) => {
+                    record.denied(&runtime, &gateway.metrics, &denied);
+                    Err(denied.rejection)
+                }
+            };
+            let (route, forward) = match forward {
+                Ok(f) => f,
+                Err(rejection) => break 'outcome Err(rejection),
+            };
+            let Some(upstream) = runtime.upstreams.get(route.upstream) else {
+                break 'outcome Err(Rejection::BadGateway("route has no upstream"));
+            };
+            let Forward {
+                request,
+                client_upgrade,
+            } = forward;
+            let sent = match client_upgrade {
+                Some(client_upgrade) => Box::pin(upstream.send_upgrade(request))
+                    .await
+                    .map(|r| Upstreamed::Upgrade(r, client_upgrade)),
+                None => upstream.send(request).await.map(Upstreamed::Pooled),
+            };
+            match sent {
+                Ok(upstreamed) => Ok(upstreamed.into_response()),
+                Err(kind) => {
+                    gateway.metrics.upstream_error(kind);
+                    Err(upstream_rejection(kind))
+                }
+            }
+        };
+        let response =
+            outcome.unwrap_or_else(|rejection| rejection.to_response().map(Either::Right));
+        let elapsed = started.elapsed();
+        gateway.metrics.observe_latency(elapsed);
+        if tracing::enabled!(target: "scopegate::access", tracing::Level::INFO) {
+            let route = record
+                .route
+                .and_then(|i| runtime.config.routes.routes().get(i))
+                .map(crate::gateway::route_label);
+            tracing::info!(
+                target: "scopegate::access",
+                peer = %peer.addr,
+                %method,
+                path = record.path.as_deref().unwrap_or("-"),
+                route = route.as_deref().unwrap_or("-"),
+                decision = record.decision.map_or("-", Decision::as_str),
+                status = response.status().as_u16(),
+                subject = record.subject.as_deref().unwrap_or("-"),
+                latency_us = elapsed.as_micros() as u64,
+            );
+        }
+        Ok(response)
     }
-    Ok(response)
 }
 
-async fn handle_inner(
-    gateway: &Gateway,
-    runtime: &Runtime,
-    mut request: Request<Incoming>,
-    peer: &Peer,
-    record: &mut AccessRecord,
-) -> Result<Response<Body>, Rejection> {
-    let metrics = &gateway.metrics;
-    let raw_path = match target_path(request.method(), request.uri()) {
-        Ok(p) => p,
-        Err(rejection) => {
-            metrics.unmatched().record(Decision::InvalidRequest);
-            record.decision = Some(Decision::InvalidRequest);
-            return Err(rejection);
+impl AccessRecord {
+    /// Counts an allowed request and notes it for the access log.
+    fn allowed(&mut self, runtime: &Runtime, metrics: &Metrics, allowed: &Allowed<'_, '_>) {
+        let decision = if allowed.principal.is_some() {
+            Decision::Allow
+        } else {
+            Decision::Public
+        };
+        runtime
+            .counters(Some(allowed.route), metrics)
+            .record(decision);
+        self.decision = Some(decision);
+        self.route = Some(allowed.route.index);
+        if tracing::enabled!(target: "scopegate::access", tracing::Level::INFO) {
+            self.path = Some(allowed.path.to_string());
+            self.subject = allowed.principal.as_ref().and_then(|p| p.subject.clone());
         }
-    };
-    let allowed = match authorize(runtime, request.method(), raw_path, request.headers()).await {
-        Ok(allowed) => allowed,
-        Err(denied) => {
-            let decision = denied.decision();
-            runtime.counters(denied.route, metrics).record(decision);
-            record.decision = Some(decision);
-            record.route = denied.route.map(|r| r.index);
-            return Err(denied.rejection);
-        }
-    };
-    let decision = if allowed.principal.is_some() {
-        Decision::Allow
-    } else {
-        Decision::Public
-    };
-    runtime
-        .counters(Some(allowed.route), metrics)
-        .record(decision);
-    record.decision = Some(decision);
-    record.route = Some(allowed.route.index);
-    if tracing::enabled!(target: "scopegate::access", tracing::Level::INFO) {
-        record.path = Some(allowed.path.to_string());
-        record.subject = allowed.principal.as_ref().and_then(|p| p.subject.clone());
     }
 
-    let Allowed {
-        route,
-        principal,
-        path,
-    } = allowed;
-    let upstream = runtime
-        .upstreams
-        .get(route.upstream)
-        .ok_or(Rejection::BadGateway("route has no upstream"))?;
-    // Origin form (`/path?query`): the connection already goes to the
-    // upstream, and hyper writes the target as given. Decided first, so that
-    // nothing but the upstream request holds the client's request target
-    // afterwards: it shares the connection's read buffer, which would
-    // otherwise stay pinned (and be reallocated for the next read) until
-    // the response.
-    let uri = match (&path, request.uri().path_and_query()) {
+    /// Counts a denied request and notes it for the access log.
+    fn denied(&mut self, runtime: &Runtime, metrics: &Metrics, denied: &Denied<'_>) {
+        let decision = denied.decision();
+        runtime.counters(denied.route, metrics).record(decision);
+        self.decision = Some(decision);
+        self.route = denied.route.map(|r| r.index);
+    }
+}
+
+/// The request to send upstream, and the client's side of an upgrade it asks for.
+struct Forward {
+    request: Request<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// The upstream request's target, in origin form (`/path?query`): the
+/// connection already goes to the upstream, and hyper writes the target as
+/// given. Made before the request is taken apart, so that nothing but the
+/// upstream request holds the client's request target afterwards: it shares
+/// the connection's read buffer, which would otherwise stay pinned (and be
+/// reallocated for the next read) until the response.
+fn origin_form(path: Cow<'_, str>, target: &Uri) -> Result<Uri, Rejection> {
+    if let (Cow::Borrowed(_), Some(as_sent)) = (&path, target.path_and_query()) {
         // Normalizing changed nothing: the target goes on as it came, its
         // bytes shared rather than copied.
-        (Cow::Borrowed(_), Some(target)) if target.as_str().starts_with('/') => {
-            Uri::from(target.clone())
+        if as_sent.as_str().starts_with('/') {
+            return Ok(Uri::from(as_sent.clone()));
         }
-        _ => {
-            let path_and_query = match request.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.into_owned(),
-            };
-            Uri::try_from(path_and_query)
-                .map_err(|_| Rejection::BadRequest("malformed request target"))?
-        }
+    }
+    let path_and_query = match target.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
     };
+    Uri::try_from(path_and_query).map_err(|_| Rejection::BadRequest("malformed request target"))
+}
+
+/// Turns the client's request into the upstream's: `uri` as its target,
+/// hop-by-hop and identity headers replaced, forwarding headers set.
+fn prepare_forward(
+    runtime: &Runtime,
+    peer: &Peer,
+    uri: Uri,
+    request: Request<Incoming>,
+    principal: Option<Arc<Principal>>,
+) -> Result<Forward, Rejection> {
+    let mut request = request;
     let upgrade = headers::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -314,46 +369,57 @@ async fn handle_inner(
     }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let upstream_request = Request::from_parts(parts, body);
+    Ok(Forward {
+        request: Request::from_parts(parts, body),
+        client_upgrade,
+    })
+}
 
-    let sent = if upgrade {
-        Box::pin(upstream.send_upgrade(upstream_request))
-            .await
-            .map(|r| r.map(Either::Right))
-    } else {
-        upstream
-            .send(upstream_request)
-            .await
-            .map(|r| r.map(Either::Left))
-    };
-    let mut response = match sent {
-        Ok(response) => response,
-        Err(kind) => {
-            metrics.upstream_error(kind);
-            return Err(match kind {
-                UpstreamError::Timeout => Rejection::GatewayTimeout,
-                UpstreamError::Connect => {
-                    Rejection::BadGateway("the upstream refused the connection")
-                }
-                UpstreamError::Protocol => Rejection::BadGateway("the upstream failed to answer"),
-            });
-        }
-    };
+/// What the upstream answered: a pooled exchange, or an upgrade request's
+/// answer with the client's side of the upgrade.
+enum Upstreamed {
+    Pooled(Response<forward::UpstreamBody>),
+    Upgrade(Response<Incoming>, hyper::upgrade::OnUpgrade),
+}
 
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+impl Upstreamed {
+    /// The response for the client, without hop-by-hop headers; a `101`
+    /// also starts relaying bytes between the two upgraded connections.
+    fn into_response(self) -> Response<Body> {
+        let mut response = match self {
+            Upstreamed::Pooled(response) => response.map(|b| Either::Left(Either::Left(b))),
+            Upstreamed::Upgrade(mut response, client_upgrade) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    relay_upgrade(client_upgrade, hyper::upgrade::on(&mut response));
                 }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                response.map(|b| Either::Left(Either::Right(b)))
             }
-        });
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::remove_hop_by_hop(response.headers_mut(), switching, &[]);
+        response
     }
-    headers::remove_hop_by_hop(response.headers_mut(), switching, &[]);
-    Ok(response.map(Either::Left))
+}
+
+/// Copies bytes both ways between the client and the upstream once both
+/// sides have switched protocols.
+fn relay_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
+fn upstream_rejection(kind: UpstreamError) -> Rejection {
+    match kind {
+        UpstreamError::Timeout => Rejection::GatewayTimeout,
+        UpstreamError::Connect => Rejection::BadGateway("the upstream refused the connection"),
+        UpstreamError::Protocol => Rejection::BadGateway("the upstream failed to answer"),
+    }
 }
