@@ -160,21 +160,28 @@ impl HttpBuilders {
     /// Serves one cleartext connection to its end: HTTP/1.1 (with
     /// upgrades) or HTTP/2 by its first bytes. A client that sends nothing
     /// within `client_header` is dropped.
-    pub async fn serve_cleartext<S: ConnService>(
+    ///
+    /// This and [`HttpBuilders::serve`] are `async` blocks rather than
+    /// `async fn`s: an `async fn` stores its arguments twice (as passed,
+    /// and moved into its body), and this future is every connection's task.
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve_cleartext<S: ConnService>(
         &self,
         stream: TcpStream,
         service: S,
         drain: DrainSignal,
-    ) {
-        // `None` inside: the client closed without sending a byte.
-        let Some(Some(protocol)) = self
-            .within_first_bytes("reading the first bytes", sniff_protocol(&stream))
-            .await
-        else {
-            return;
-        };
-        self.serve(TokioIo::new(stream), protocol, service, drain)
-            .await;
+    ) -> impl Future<Output = ()> + '_ {
+        async move {
+            // `None` inside: the client closed without sending a byte.
+            let Some(Some(protocol)) = self
+                .within_first_bytes("reading the first bytes", sniff_protocol(&stream))
+                .await
+            else {
+                return;
+            };
+            self.serve(TokioIo::new(stream), protocol, service, drain)
+                .await;
+        }
     }
 
     /// Serves one TLS connection to its end, in the protocol ALPN chose.
@@ -218,25 +225,40 @@ impl HttpBuilders {
         }
     }
 
-    async fn serve<I, S>(&self, io: I, protocol: Protocol, service: S, drain: DrainSignal)
+    #[allow(clippy::manual_async_fn)]
+    fn serve<I, S>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        service: S,
+        drain: DrainSignal,
+    ) -> impl Future<Output = ()> + '_
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         S: ConnService,
     {
-        let result = match protocol {
-            Protocol::Http1 => {
-                let conn = self.http1.serve_connection(io, service).with_upgrades();
-                until_drained(conn, drain, |conn| conn.graceful_shutdown()).await
+        async move {
+            let result = match protocol {
+                // Pinned where it is made: moved into a helper, it would be
+                // stored twice.
+                Protocol::Http1 => {
+                    let conn =
+                        std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
+                    until_drained(conn, drain, |conn| conn.graceful_shutdown()).await
+                }
+                // Boxed: HTTP/2's state is twice HTTP/1's, and the HTTP/1
+                // connections should not carry its size in their task.
+                Protocol::Http2 => {
+                    Box::pin(async move {
+                        let conn = std::pin::pin!(self.http2.serve_connection(io, service));
+                        until_drained(conn, drain, |conn| conn.graceful_shutdown()).await
+                    })
+                    .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            // Boxed: HTTP/2's state is twice HTTP/1's, and the HTTP/1
-            // connections should not carry its size in their task.
-            Protocol::Http2 => {
-                let conn = self.http2.serve_connection(io, service);
-                Box::pin(until_drained(conn, drain, |conn| conn.graceful_shutdown())).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 }
@@ -244,14 +266,13 @@ impl HttpBuilders {
 /// Runs `conn` to its end; when `drain` fires first, asks it to finish
 /// what is in flight (`shutdown`) and then runs it to its end.
 async fn until_drained<C, E>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     mut drain: DrainSignal,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    let mut conn = std::pin::pin!(conn);
     tokio::select! {
         // The connection first: it is what wakes the task nearly always.
         biased;
