@@ -75,7 +75,7 @@ impl Introspector {
         token: &str,
     ) -> Result<Arc<Principal>, AuthError> {
         let hash = token_hash(token);
-        let cached = match cache.get(&hash).await {
+        let cached = match cache.get_opaque(&hash).await {
             Some(hit) => {
                 self.counters
                     .token_cache_hits
@@ -87,7 +87,7 @@ impl Introspector {
                     .token_cache_misses
                     .fetch_add(1, Ordering::Relaxed);
                 cache
-                    .get_or_try_insert(hash, self.ask(token))
+                    .get_or_try_insert_opaque(hash, self.ask(token))
                     .await
                     .map_err(|e| (*e).clone())?
             }

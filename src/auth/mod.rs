@@ -260,7 +260,12 @@ impl Verifier {
                     && p.settings.leeway == settings.leeway
             })
             .map_or_else(
-                || Arc::new(TokenCache::new(TOKEN_CACHE_BYTES)),
+                || {
+                    Arc::new(TokenCache::new(
+                        TOKEN_CACHE_BYTES,
+                        settings.introspection.is_some(),
+                    ))
+                },
                 |p| Arc::clone(&p.cache),
             );
         let introspector = settings
@@ -331,7 +336,7 @@ impl Verifier {
             };
         }
         let hash = token_hash(token);
-        if let Some(hit) = self.cache.get(&hash).await {
+        if let Some(hit) = self.cache.get_jwt(&hash) {
             if let (Some(principal), Some(with)) = (&hit.principal, &hit.verified_with) {
                 if self.still_current(principal, with) {
                     self.counters
@@ -340,7 +345,7 @@ impl Verifier {
                     return Ok(Arc::clone(principal));
                 }
             }
-            self.cache.invalidate(&hash).await;
+            self.cache.invalidate_jwt(&hash);
         }
         self.counters
             .token_cache_misses
@@ -403,17 +408,15 @@ impl Verifier {
             leeway,
             now_unix(),
         )?);
-        self.cache
-            .insert(
-                hash,
-                Cached {
-                    principal: Some(Arc::clone(&principal)),
-                    rejection: "",
-                    until: principal.expires_at,
-                    verified_with: Some(Arc::downgrade(&set)),
-                },
-            )
-            .await;
+        self.cache.insert_jwt(
+            hash,
+            Cached {
+                principal: Some(Arc::clone(&principal)),
+                rejection: "",
+                until: principal.expires_at,
+                verified_with: Some(Arc::downgrade(&set)),
+            },
+        );
         Ok(principal)
     }
 

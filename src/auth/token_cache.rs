@@ -52,8 +52,13 @@ impl moka::Expiry<TokenHash, Cached> for UntilExpiry {
     }
 }
 
+/// Verified JWTs and introspection answers, in two caches: a JWT hit is
+/// looked up synchronously (moka's `sync` cache: the request future then
+/// carries no lookup state, and hyper keeps that future per connection),
+/// while introspection needs the `future` cache's single-flight loader.
 pub(crate) struct TokenCache {
-    inner: moka::future::Cache<TokenHash, Cached>,
+    jwt: moka::sync::Cache<TokenHash, Cached>,
+    opaque: moka::future::Cache<TokenHash, Cached>,
 }
 
 /// Roughly how many bytes an entry holds: the claims' keys and string
@@ -86,41 +91,65 @@ fn weight(_key: &TokenHash, value: &Cached) -> u32 {
 }
 
 impl TokenCache {
-    /// A cache holding at most about `max_bytes` of entries.
-    pub(crate) fn new(max_bytes: u64) -> Self {
+    /// Caches holding at most about `max_bytes` of entries together: all of
+    /// it for JWTs, or half each when tokens are also introspected.
+    pub(crate) fn new(max_bytes: u64, introspection: bool) -> Self {
+        let (jwt_bytes, opaque_bytes) = if introspection {
+            (max_bytes / 2, max_bytes / 2)
+        } else {
+            (max_bytes, 0)
+        };
         TokenCache {
-            inner: moka::future::Cache::builder()
-                .max_capacity(max_bytes)
+            jwt: moka::sync::Cache::builder()
+                .max_capacity(jwt_bytes)
+                .weigher(weight)
+                .expire_after(UntilExpiry)
+                .build(),
+            opaque: moka::future::Cache::builder()
+                .max_capacity(opaque_bytes)
                 .weigher(weight)
                 .expire_after(UntilExpiry)
                 .build(),
         }
     }
 
-    pub(crate) async fn get(&self, key: &TokenHash) -> Option<Cached> {
-        let hit = self.inner.get(key).await?;
+    /// A verified JWT's entry, unless it is past its deadline.
+    pub(crate) fn get_jwt(&self, key: &TokenHash) -> Option<Cached> {
+        let hit = self.jwt.get(key)?;
         // moka's expiry is coarse; never serve an entry past its deadline.
         if hit.until > now_unix() {
             Some(hit)
         } else {
-            self.inner.invalidate(key).await;
+            self.jwt.invalidate(key);
             None
         }
     }
 
-    pub(crate) async fn insert(&self, key: TokenHash, value: Cached) {
+    pub(crate) fn insert_jwt(&self, key: TokenHash, value: Cached) {
         if value.until > now_unix() {
-            self.inner.insert(key, value).await;
+            self.jwt.insert(key, value);
         }
     }
 
-    pub(crate) async fn invalidate(&self, key: &TokenHash) {
-        self.inner.invalidate(key).await;
+    pub(crate) fn invalidate_jwt(&self, key: &TokenHash) {
+        self.jwt.invalidate(key);
     }
 
-    /// Single-flight read-through: concurrent callers with one key share `init`.
-    /// Errors are handed to every waiter and not cached.
-    pub(crate) async fn get_or_try_insert<E, F>(
+    /// An introspection answer's entry, unless it is past its deadline.
+    pub(crate) async fn get_opaque(&self, key: &TokenHash) -> Option<Cached> {
+        let hit = self.opaque.get(key).await?;
+        if hit.until > now_unix() {
+            Some(hit)
+        } else {
+            self.opaque.invalidate(key).await;
+            None
+        }
+    }
+
+    /// Single-flight read-through for introspection answers: concurrent
+    /// callers with one key share `init`. Errors are handed to every waiter
+    /// and not cached.
+    pub(crate) async fn get_or_try_insert_opaque<E, F>(
         &self,
         key: TokenHash,
         init: F,
@@ -129,9 +158,78 @@ impl TokenCache {
         E: Send + Sync + 'static,
         F: std::future::Future<Output = Result<Cached, E>>,
     {
-        if let Some(hit) = self.get(&key).await {
+        if let Some(hit) = self.get_opaque(&key).await {
             return Ok(hit);
         }
-        self.inner.try_get_with(key, init).await
+        self.opaque.try_get_with(key, init).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize) -> Cached {
+        let mut claims = serde_json::Map::new();
+        claims.insert(
+            "sub".into(),
+            format!("user-{i:04}-{}", "x".repeat(200)).into(),
+        );
+        Cached {
+            principal: Some(Arc::new(Principal {
+                subject: Some(format!("user-{i}").into()),
+                scopes: vec!["read".into()].into(),
+                claims,
+                expires_at: now_unix() + 3600,
+            })),
+            rejection: "",
+            until: now_unix() + 3600,
+            verified_with: None,
+        }
+    }
+
+    fn key(i: usize) -> TokenHash {
+        token_hash(&format!("token-{i}"))
+    }
+
+    /// The JWT cache keeps about its byte budget, whatever is inserted;
+    /// with introspection it gets half, the other half going to answers.
+    #[tokio::test]
+    async fn both_caches_keep_to_their_share_of_the_budget() {
+        let budget = 64 * 1024;
+        for (introspection, jwt_share) in [(false, budget), (true, budget / 2)] {
+            let cache = TokenCache::new(budget, introspection);
+            for i in 0..2000 {
+                cache.insert_jwt(key(i), entry(i));
+                cache.opaque.insert(key(i), entry(i)).await;
+            }
+            cache.jwt.run_pending_tasks();
+            cache.opaque.run_pending_tasks().await;
+            let (jwt, opaque) = (cache.jwt.weighted_size(), cache.opaque.weighted_size());
+            assert!(
+                jwt <= jwt_share,
+                "JWT cache holds {jwt} of {jwt_share} bytes"
+            );
+            assert!(
+                jwt > jwt_share / 2,
+                "JWT cache holds only {jwt} of {jwt_share} bytes"
+            );
+            assert!(opaque <= budget - jwt_share, "answers hold {opaque} bytes");
+            assert!(cache.jwt.entry_count() < 2000);
+        }
+    }
+
+    #[test]
+    fn an_entry_past_its_deadline_is_never_served() {
+        let cache = TokenCache::new(1 << 20, false);
+        let mut stale = entry(1);
+        stale.until = now_unix() + 1;
+        cache.insert_jwt(key(1), stale);
+        cache.insert_jwt(key(2), entry(2));
+        assert!(cache.get_jwt(&key(1)).is_some());
+        // Deadlines are whole seconds: 1 s from now is past within 2 s.
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(cache.get_jwt(&key(1)).is_none());
+        assert!(cache.get_jwt(&key(2)).is_some());
     }
 }

@@ -202,9 +202,15 @@ pub fn handle(
                     break 'outcome Err(rejection);
                 }
             };
-            let authorized =
-                authorize(&runtime, request.method(), raw_path, request.headers()).await;
-            let forward = match authorized {
+            // Matched as it comes and destructured in place: a named
+            // result would stay in the future while the upstream answers.
+            let (
+                upstream,
+                Forward {
+                    request,
+                    client_upgrade,
+                },
+            ) = match authorize(&runtime, request.method(), raw_path, request.headers()).await {
                 Ok(allowed) => {
                     record.allowed(&runtime, &gateway.metrics, &allowed);
                     let Allowed {
@@ -212,26 +218,21 @@ pub fn handle(
                         principal,
                         path,
                     } = allowed;
-                    origin_form(path, request.uri())
-                        .and_then(|uri| prepare_forward(&runtime, &peer, uri, request, principal))
-                        .map(|forward| (route, forward))
+                    let Some(upstream) = runtime.upstreams.get(route.upstream) else {
+                        break 'outcome Err(Rejection::BadGateway("route has no upstream"));
+                    };
+                    let forward = origin_form(path, request.uri())
+                        .and_then(|uri| prepare_forward(&runtime, &peer, uri, request, principal));
+                    match forward {
+                        Ok(forward) => (upstream, forward),
+                        Err(rejection) => break 'outcome Err(rejection),
+                    }
                 }
                 Err(denied) => {
                     record.denied(&runtime, &gateway.metrics, &denied);
-                    Err(denied.rejection)
+                    break 'outcome Err(denied.rejection);
                 }
             };
-            let (route, forward) = match forward {
-                Ok(f) => f,
-                Err(rejection) => break 'outcome Err(rejection),
-            };
-            let Some(upstream) = runtime.upstreams.get(route.upstream) else {
-                break 'outcome Err(Rejection::BadGateway("route has no upstream"));
-            };
-            let Forward {
-                request,
-                client_upgrade,
-            } = forward;
             let sent = match client_upgrade {
                 Some(client_upgrade) => Box::pin(upstream.send_upgrade(request))
                     .await
