@@ -49,7 +49,7 @@ impl Runtime {
     /// unchanged issuer's key set (see [`Verifier::new_reusing`]).
     pub fn build(
         config: Config,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, BuildError> {
         let (verifier, verifier_task) = match previous {
@@ -75,7 +75,7 @@ impl Runtime {
         };
         let client = match previous {
             Some(p) if *p.client.settings() == client_settings => p.client.clone(),
-            _ => UpstreamClient::new(client_settings)?,
+            _ => UpstreamClient::new(client_settings, Arc::clone(metrics))?,
         };
         let upstreams = config
             .upstreams

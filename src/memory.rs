@@ -1,5 +1,6 @@
-//! Memory back after load: when client connections close in numbers, the
-//! allocator's free pages go back to the OS.
+//! Memory back after load: when connections (client, and upstream ones
+//! pooled for them) close in numbers, the allocator's free pages go back to
+//! the OS.
 //!
 //! Each open connection holds hyper's fixed buffers (about 23 kB with its
 //! request in flight) and every forwarded request an upstream connection's
@@ -19,8 +20,8 @@ const EVERY: Duration = Duration::from_millis(250);
 /// walk over the heap.
 const MIN_CLOSED: usize = 64;
 
-/// Decides, from the open-connection count sampled every [`EVERY`], when the
-/// heap is trimmed.
+/// Decides, from the open-connection count (client and upstream) sampled
+/// every [`EVERY`], when the heap is trimmed.
 #[derive(Debug, Default)]
 pub struct AfterLoad {
     /// The most connections open since the last trim.

@@ -160,6 +160,7 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     heap_trims: AtomicU64,
     heap_trims_released: AtomicU64,
+    upstream_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -218,6 +219,19 @@ impl Metrics {
         .fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn upstream_connection_opened(&self) {
+        self.upstream_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upstream_connection_closed(&self) {
+        self.upstream_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Pooled upstream connections open now, idle or in use.
+    pub fn upstream_connections(&self) -> u64 {
+        self.upstream_connections.load(Ordering::Relaxed)
+    }
+
     /// A heap trim ran (see [`crate::memory`]); `released`: pages went back.
     pub fn heap_released(&self, released: bool) {
         self.heap_trims.fetch_add(1, Ordering::Relaxed);
@@ -264,6 +278,15 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
+        out.push_str(
+            "# HELP scopegate_upstream_connections Pooled upstream connections open, idle or in use.\n",
+        );
+        out.push_str("# TYPE scopegate_upstream_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "scopegate_upstream_connections {}",
+            self.upstream_connections()
+        );
         out.push_str("# HELP scopegate_config_reloads_total Config reloads by result.\n");
         out.push_str("# TYPE scopegate_config_reloads_total counter\n");
         for (result, counter) in [("ok", &self.reloads_ok), ("error", &self.reloads_failed)] {

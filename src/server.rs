@@ -335,9 +335,15 @@ pub async fn serve(
 ) {
     let limits = ServerLimits::from_config(&gateway.runtime().config);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Client connections, and the upstream connections pooled for them
+    // (a burst's surplus is closed by the pool's sweeper a little later).
     let open_connections = {
         let (permits, max) = (Arc::downgrade(&permits), limits.max_connections.max(1));
-        move || Some(max - permits.upgrade()?.available_permits())
+        let metrics = gateway.metrics.clone();
+        move || {
+            let clients = max - permits.upgrade()?.available_permits();
+            Some(clients + usize::try_from(metrics.upstream_connections()).unwrap_or(0))
+        }
     };
     tokio::spawn(crate::memory::release_after_load(
         gateway.metrics.clone(),

@@ -412,6 +412,51 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     );
 }
 
+/// The open upstream connections, as `/metrics` reports them.
+async fn upstream_connections(h: &Harness) -> f64 {
+    let text = get(h.gw.admin_addr, "/metrics", &[]).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("scopegate_upstream_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge is exported")
+}
+
+/// A burst's upstream connections do not stay for `timeouts.idle`: the
+/// idle ones no request needed for a whole sweep interval (5 s here) are
+/// closed, while those in use stay pooled.
+#[tokio::test]
+async fn a_bursts_surplus_upstream_connections_are_closed_before_the_idle_timeout() {
+    let h = start_with("timeouts:\n  idle: 60s").await;
+    h.upstream
+        .set_mode(UpstreamMode::Slow(Duration::from_millis(300)))
+        .await;
+    let burst: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = h.addr();
+            tokio::spawn(async move { get(addr, &format!("/public/burst-{i}"), &[]).await.status })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(upstream_peers(&h).len(), 20, "one connection per request");
+    assert_eq!(upstream_connections(&h).await, 20.0);
+    h.upstream.set_mode(UpstreamMode::Echo).await;
+    // One request at a time for two sweep intervals.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(11) {
+        h.assert_serves().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = upstream_connections(&h).await;
+    let workers = scopegate::workers::default_count() as f64;
+    assert!(
+        left <= workers,
+        "{left} upstream connections left after 11 s of one request at a time"
+    );
+    h.assert_serves().await;
+}
+
 #[tokio::test]
 async fn upstream_reset_mid_body_ends_the_response_and_others_are_served() {
     let h = start_with("").await;

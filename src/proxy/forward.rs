@@ -32,14 +32,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tower_service::Service as _;
 
-use crate::metrics::UpstreamError;
+use crate::metrics::{Metrics, UpstreamError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 type TrySendError = hyper::client::conn::TrySendError<Request<Incoming>>;
 
-/// Idle connections kept per upstream; more are closed when released.
-const MAX_IDLE_PER_UPSTREAM: usize = 128;
+/// Idle connections kept per upstream and worker at most; more are closed
+/// when released. A ceiling, not the working size: idle connections no
+/// request needed for a whole sweep interval are closed (see [`sweep`]).
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 
 /// Settings the client is built from; a reload with equal settings keeps the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub struct UpstreamClient {
 
 struct Shared {
     settings: ClientSettings,
+    /// For the open-connection gauge.
+    metrics: Arc<Metrics>,
     connector: Connector,
     http1: http1::Builder,
     /// One pool per upstream origin, made when a runtime is built.
@@ -66,7 +70,10 @@ struct Shared {
 }
 
 impl UpstreamClient {
-    pub fn new(settings: ClientSettings) -> Result<Self, crate::tls::TlsError> {
+    pub fn new(
+        settings: ClientSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::tls::TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -81,6 +88,7 @@ impl UpstreamClient {
         let http1 = http1::Builder::new();
         let shared = Arc::new(Shared {
             settings,
+            metrics,
             connector,
             http1,
             pools: Mutex::new(HashMap::new()),
@@ -114,7 +122,7 @@ impl UpstreamClient {
                         .build()
                         .unwrap_or_default(),
                     idle: (0..=crate::workers::default_count())
-                        .map(|_| Mutex::new(Vec::new()))
+                        .map(|_| Mutex::new(IdleStack::default()))
                         .collect(),
                 })
             })
@@ -139,16 +147,26 @@ struct Pool {
     /// One idle stack per worker thread (see [`crate::workers`]), indexed by
     /// [`crate::workers::current`]: a connection is registered with the
     /// I/O driver of the thread that opened it and stays on that thread.
-    /// Each lock is taken only by its own thread and the sweeper. Most
-    /// recently used last: the hot connections stay hot.
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Each lock is taken only by its own thread and the sweeper.
+    idle: Box<[Mutex<IdleStack>]>,
 }
 
 impl Pool {
     /// The calling thread's idle stack.
-    fn local(&self) -> &Mutex<Vec<Idle>> {
+    fn local(&self) -> &Mutex<IdleStack> {
         &self.idle[crate::workers::current() % self.idle.len()]
     }
+}
+
+/// One worker's idle connections to one upstream. Most recently used last:
+/// the hot connections stay hot, and the bottom ones are those no request
+/// needed for longest.
+#[derive(Default)]
+struct IdleStack {
+    conns: Vec<Idle>,
+    /// The fewest connections the stack held since the last sweep: that
+    /// many were not needed by any request in the interval (the surplus).
+    low_water: usize,
 }
 
 struct Idle {
@@ -228,13 +246,16 @@ impl Upstream {
     /// A pooled connection that is open and ready for a request, if any.
     async fn checkout(&self) -> Option<Box<Conn>> {
         loop {
-            let mut conn = self
-                .pool
-                .local()
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop()?
-                .conn;
+            let mut conn = {
+                let mut stack = self
+                    .pool
+                    .local()
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let idle = stack.conns.pop()?;
+                stack.low_water = stack.low_water.min(stack.conns.len());
+                idle.conn
+            };
             if poll_fn(|cx| Poll::Ready(conn.ready_now(cx))).await {
                 return Some(conn);
             }
@@ -260,6 +281,7 @@ impl Upstream {
             sender,
             connection,
             closed: false,
+            _counted: Counted::new(&self.shared.metrics),
         }))
     }
 
@@ -323,6 +345,24 @@ struct Conn {
     connection: http1::Connection<Io, Incoming>,
     /// The connection future has finished (closed or failed).
     closed: bool,
+    _counted: Counted,
+}
+
+/// Counts a pooled connection in `scopegate_upstream_connections` while it
+/// exists (an upgrade's connection stops counting when it becomes a tunnel).
+struct Counted(Arc<Metrics>);
+
+impl Counted {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.upstream_connection_opened();
+        Counted(Arc::clone(metrics))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.upstream_connection_closed();
+    }
 }
 
 impl Conn {
@@ -410,13 +450,13 @@ impl UpstreamBody {
         if !conn.is_open() {
             return;
         }
-        let mut idle = self
+        let mut stack = self
             .pool
             .local()
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_PER_UPSTREAM {
-            idle.push(Idle {
+        if stack.conns.len() < MAX_IDLE_PER_UPSTREAM {
+            stack.conns.push(Idle {
                 conn,
                 since: Instant::now(),
             });
@@ -465,8 +505,10 @@ impl Drop for UpstreamBody {
     }
 }
 
-/// Closes idle connections that outlived `idle_timeout` or that the
-/// upstream closed, until the client is dropped.
+/// Closes idle connections that outlived `idle_timeout`, that the upstream
+/// closed, or that no request needed since the previous sweep (the stack
+/// never went below them: HAProxy's idle-connection purge, so a burst's
+/// connections do not stay for `idle_timeout`), until the client is dropped.
 async fn sweep(shared: Weak<Shared>) {
     let every = match shared.upgrade() {
         Some(s) => {
@@ -492,13 +534,16 @@ async fn sweep(shared: Weak<Shared>) {
         drop(shared);
         poll_fn(|cx| {
             for stack in pools.iter().flat_map(|p| p.idle.iter()) {
-                let mut idle = stack.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain_mut(|i| {
+                let mut stack = stack.lock().unwrap_or_else(PoisonError::into_inner);
+                let surplus = stack.low_water.min(stack.conns.len());
+                stack.conns.drain(..surplus);
+                stack.conns.retain_mut(|i| {
                     i.since.elapsed() < timeout && {
                         i.conn.drive(cx);
                         i.conn.is_open()
                     }
                 });
+                stack.low_water = stack.conns.len();
             }
             Poll::Ready(())
         })
