@@ -72,6 +72,7 @@ impl Runtime {
             response_timeout: config.timeouts.upstream_response,
             idle_timeout: config.timeouts.idle,
             ca_file: config.auth.ca_file.clone(),
+            max_requests_per_worker: config.limits.max_upstream_requests_per_worker,
         };
         let client = match previous {
             Some(p) if *p.client.settings() == client_settings => p.client.clone(),

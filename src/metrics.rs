@@ -161,6 +161,7 @@ pub struct Metrics {
     heap_trims: AtomicU64,
     heap_trims_released: AtomicU64,
     upstream_connections: AtomicU64,
+    upstream_requests_queued: AtomicU64,
 }
 
 impl Metrics {
@@ -227,6 +228,12 @@ impl Metrics {
         self.upstream_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A request found no free slot (`limits.max_upstream_requests`) and waited.
+    pub fn upstream_request_queued(&self) {
+        self.upstream_requests_queued
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Pooled upstream connections open now, idle or in use.
     pub fn upstream_connections(&self) -> u64 {
         self.upstream_connections.load(Ordering::Relaxed)
@@ -286,6 +293,15 @@ impl Metrics {
             out,
             "scopegate_upstream_connections {}",
             self.upstream_connections()
+        );
+        out.push_str(
+            "# HELP scopegate_upstream_requests_queued_total Requests that waited for a slot (limits.max_upstream_requests).\n",
+        );
+        out.push_str("# TYPE scopegate_upstream_requests_queued_total counter\n");
+        let _ = writeln!(
+            out,
+            "scopegate_upstream_requests_queued_total {}",
+            self.upstream_requests_queued.load(Ordering::Relaxed)
         );
         out.push_str("# HELP scopegate_config_reloads_total Config reloads by result.\n");
         out.push_str("# TYPE scopegate_config_reloads_total counter\n");

@@ -457,6 +457,65 @@ async fn a_bursts_surplus_upstream_connections_are_closed_before_the_idle_timeou
     h.assert_serves().await;
 }
 
+/// Sends `n` requests to `/public/...` at once; their statuses.
+async fn at_once(h: &Harness, n: usize) -> Vec<u16> {
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = h.addr();
+            tokio::spawn(async move { get(addr, &format!("/public/slot-{i}"), &[]).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    statuses
+}
+
+/// `limits.max_upstream_requests`: requests beyond it wait for a slot
+/// instead of each taking an upstream connection, and are all served; the
+/// wait counts toward `timeouts.upstream_response`.
+#[tokio::test]
+async fn requests_beyond_max_upstream_requests_wait_their_turn() {
+    let workers = scopegate::workers::default_count();
+    // One slot per worker thread; client connections go round robin, so
+    // each worker gets four requests at once.
+    let h = start_with(&format!("limits:\n  max_upstream_requests: {workers}")).await;
+    h.upstream
+        .set_mode(UpstreamMode::Slow(Duration::from_millis(200)))
+        .await;
+    let statuses = at_once(&h, 4 * workers).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let peers = upstream_peers(&h);
+    assert!(
+        peers.len() <= workers,
+        "{} upstream connections for {workers} slots: {peers:?}",
+        peers.len()
+    );
+    let text = get(h.gw.admin_addr, "/metrics", &[]).await.text();
+    let queued: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("scopegate_upstream_requests_queued_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the counter is exported");
+    assert!(queued >= (3 * workers) as f64, "{queued} requests queued");
+
+    // 700 ms upstream, 1 s budget: the first on each worker is answered,
+    // the second waits 700 ms for the slot and runs out of time: 504.
+    let h = start_with(&format!(
+        "limits:\n  max_upstream_requests: {workers}\ntimeouts:\n  upstream_response: 1s"
+    ))
+    .await;
+    h.upstream
+        .set_mode(UpstreamMode::Slow(Duration::from_millis(700)))
+        .await;
+    let mut statuses = at_once(&h, 2 * workers).await;
+    statuses.sort_unstable();
+    let mut want = vec![200; workers];
+    want.extend(vec![504; workers]);
+    assert_eq!(statuses, want);
+}
+
 #[tokio::test]
 async fn upstream_reset_mid_body_ends_the_response_and_others_are_served() {
     let h = start_with("").await;

@@ -37,6 +37,9 @@ use crate::route::{Requirement, RouteError, RouteSpec, RouteTable};
 
 /// hyper's smallest accepted `max_buf_size`.
 pub(crate) const MIN_HEADER_BYTES: u64 = 8192;
+/// `limits.max_upstream_requests` when unset, per worker thread: Envoy's
+/// default of 1,024 requests per cluster on a 4-core machine.
+const DEFAULT_UPSTREAM_REQUESTS_PER_WORKER: usize = 256;
 
 const ALGORITHMS: &[(&str, Algorithm)] = &[
     ("RS256", Algorithm::RS256),
@@ -660,9 +663,22 @@ fn convert(ctx: &mut Ctx<'_>, raw: Raw, path: &Path) -> Option<Config> {
             "limits.max_connections: must be at least 1",
         );
     }
+    let workers = crate::workers::default_count().max(1);
+    let max_upstream_requests = l
+        .and_then(|l| l.max_upstream_requests)
+        .map_or(DEFAULT_UPSTREAM_REQUESTS_PER_WORKER * workers, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    if max_upstream_requests == 0 {
+        ctx.error(
+            "limits.max_upstream_requests",
+            "limits.max_upstream_requests: must be at least 1",
+        );
+    }
     let limits = Limits {
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        max_upstream_requests_per_worker: max_upstream_requests.div_ceil(workers).max(1),
     };
 
     let leeway = duration(ctx, "leeway", c.leeway.as_ref(), Duration::from_secs(30));

@@ -140,6 +140,8 @@ pub struct Timeouts {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Per worker thread (the configured total divided among them, rounded up).
+    pub max_upstream_requests_per_worker: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

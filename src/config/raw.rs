@@ -127,6 +127,10 @@ pub(crate) struct RawLimits {
     pub(crate) max_header_bytes: Option<u64>,
     /// Connections served at once per listener. Default 10000.
     pub(crate) max_connections: Option<u64>,
+    /// Requests waiting for an upstream's response head at once, divided
+    /// among the worker threads; more wait their turn. Default 256 per
+    /// worker thread.
+    pub(crate) max_upstream_requests: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

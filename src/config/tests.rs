@@ -188,7 +188,8 @@ fn contract_example_compiles_with_the_right_values() {
         c.limits,
         Limits {
             max_header_bytes: 65536,
-            max_connections: 10_000
+            max_connections: 10_000,
+            max_upstream_requests_per_worker: 256,
         }
     );
     assert!(!c.forward.strip_authorization);
@@ -271,7 +272,7 @@ fn values_are_converted() {
         "  client_secret: $${literal}",
         "  auth_method: client_secret_post",
         "timeouts: {idle: 500ms}",
-        "limits: {max_header_bytes: 8192, max_connections: 5}",
+        "limits: {max_header_bytes: 8192, max_connections: 5, max_upstream_requests: 1}",
         "shutdown_grace: 0s",
         "forward:",
         "  strip_authorization: true",
@@ -299,6 +300,8 @@ fn values_are_converted() {
     assert_eq!(c.timeouts.idle, Duration::from_millis(500));
     assert_eq!(c.limits.max_header_bytes, 8192);
     assert_eq!(c.limits.max_connections, 5);
+    // Divided among the worker threads, rounded up: at least one each.
+    assert_eq!(c.limits.max_upstream_requests_per_worker, 1);
     assert_eq!(c.shutdown_grace, Duration::ZERO);
     assert!(c.forward.strip_authorization);
     let names: Vec<&str> = c
@@ -496,8 +499,11 @@ fn errors_are_reported_at_their_position() {
         ),
         // Limits.
         (
-            y(&["limits:", "  max_header_bytes: 4096"]),
-            vec!["2:21: limits.max_header_bytes: 4096 is below the minimum of 8192"],
+            y(&["limits:", "  max_header_bytes: 4096", "  max_upstream_requests: 0"]),
+            vec![
+                "2:21: limits.max_header_bytes: 4096 is below the minimum of 8192",
+                "3:26: limits.max_upstream_requests: must be at least 1",
+            ],
         ),
         // A route with no upstream anywhere.
         (

@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tower_service::Service as _;
 
 use crate::metrics::{Metrics, UpstreamError};
@@ -50,6 +51,9 @@ pub struct ClientSettings {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub ca_file: Option<std::path::PathBuf>,
+    /// Requests per worker and upstream waiting for a response head at
+    /// once (`limits.max_upstream_requests`); more wait for a slot.
+    pub max_requests_per_worker: usize,
 }
 
 /// Forwards requests upstream over pooled keep-alive connections. Cheap to
@@ -124,6 +128,9 @@ impl UpstreamClient {
                     idle: (0..=crate::workers::default_count())
                         .map(|_| Mutex::new(IdleStack::default()))
                         .collect(),
+                    slots: (0..=crate::workers::default_count())
+                        .map(|_| Semaphore::new(self.shared.settings.max_requests_per_worker))
+                        .collect(),
                 })
             })
             .clone();
@@ -149,12 +156,21 @@ struct Pool {
     /// I/O driver of the thread that opened it and stays on that thread.
     /// Each lock is taken only by its own thread and the sweeper.
     idle: Box<[Mutex<IdleStack>]>,
+    /// Per worker thread, like `idle`: the slots for requests waiting for
+    /// a response head. Held from before checkout until the head arrives,
+    /// never while a body streams.
+    slots: Box<[Semaphore]>,
 }
 
 impl Pool {
     /// The calling thread's idle stack.
     fn local(&self) -> &Mutex<IdleStack> {
         &self.idle[crate::workers::current() % self.idle.len()]
+    }
+
+    /// The calling thread's request slots.
+    fn local_slots(&self) -> &Semaphore {
+        &self.slots[crate::workers::current() % self.slots.len()]
     }
 }
 
@@ -213,6 +229,7 @@ impl Upstream {
         mut request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_ {
         async move {
+            let _slot = self.slot().await;
             // A pooled connection the upstream closed meanwhile refuses the
             // request before sending any of it; that one is retried on a new
             // connection. Once bytes have left, nothing is retried.
@@ -241,6 +258,23 @@ impl Upstream {
             conn: Some(conn),
             pool: self.pool.clone(),
         })
+    }
+
+    /// A slot for one more request waiting for a response head on this
+    /// worker: at once when one is free, else in turn (FIFO), within the
+    /// caller's `response_timeout`. Under overload, requests wait here
+    /// rather than each holding an upstream connection (and its buffers)
+    /// whose response the busy worker has not yet read.
+    async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        let slots = self.pool.local_slots();
+        match slots.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.shared.metrics.upstream_request_queued();
+                // The semaphore is never closed.
+                slots.acquire().await.ok()
+            }
+        }
     }
 
     /// A pooled connection that is open and ready for a request, if any.
@@ -292,6 +326,7 @@ impl Upstream {
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let exchange = async {
+            let _slot = self.slot().await;
             let Conn {
                 mut sender,
                 connection,
