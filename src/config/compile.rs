@@ -40,6 +40,24 @@ pub(crate) const MIN_HEADER_BYTES: u64 = 8192;
 /// `limits.max_upstream_requests` when unset, per worker thread: Envoy's
 /// default of 1,024 requests per cluster on a 4-core machine.
 const DEFAULT_UPSTREAM_REQUESTS_PER_WORKER: usize = 256;
+/// The largest `limits.max_connections` / `max_upstream_requests`: both
+/// become semaphores, which count at most this far.
+const MAX_COUNT: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+/// A count limit: `default` when unset; 0 and more than [`MAX_COUNT`] are
+/// errors.
+fn count(ctx: &mut Ctx<'_>, key: &str, value: Option<u64>, default: usize) -> usize {
+    let Some(n) = value else {
+        return default;
+    };
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n == 0 {
+        ctx.error(key, format!("{key}: must be at least 1"));
+    } else if n > MAX_COUNT {
+        ctx.error(key, format!("{key}: must be at most {MAX_COUNT}"));
+    }
+    n.clamp(1, MAX_COUNT)
+}
 
 const ALGORITHMS: &[(&str, Algorithm)] = &[
     ("RS256", Algorithm::RS256),
@@ -656,29 +674,23 @@ fn convert(ctx: &mut Ctx<'_>, raw: Raw, path: &Path) -> Option<Config> {
     if max_header_bytes < MIN_HEADER_BYTES {
         ctx.error("limits.max_header_bytes", format!("limits.max_header_bytes: {max_header_bytes} is below the minimum of {MIN_HEADER_BYTES}"));
     }
-    let max_connections = l.and_then(|l| l.max_connections).unwrap_or(10_000);
-    if max_connections == 0 {
-        ctx.error(
-            "limits.max_connections",
-            "limits.max_connections: must be at least 1",
-        );
-    }
+    let max_connections = count(
+        ctx,
+        "limits.max_connections",
+        l.and_then(|l| l.max_connections),
+        10_000,
+    );
     let workers = crate::workers::default_count().max(1);
-    let max_upstream_requests = l
-        .and_then(|l| l.max_upstream_requests)
-        .map_or(DEFAULT_UPSTREAM_REQUESTS_PER_WORKER * workers, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
-        });
-    if max_upstream_requests == 0 {
-        ctx.error(
-            "limits.max_upstream_requests",
-            "limits.max_upstream_requests: must be at least 1",
-        );
-    }
+    let max_upstream_requests = count(
+        ctx,
+        "limits.max_upstream_requests",
+        l.and_then(|l| l.max_upstream_requests),
+        DEFAULT_UPSTREAM_REQUESTS_PER_WORKER * workers,
+    );
     let limits = Limits {
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
-        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
-        max_upstream_requests_per_worker: max_upstream_requests.div_ceil(workers).max(1),
+        max_connections,
+        max_upstream_requests_per_worker: max_upstream_requests.div_ceil(workers),
     };
 
     let leeway = duration(ctx, "leeway", c.leeway.as_ref(), Duration::from_secs(30));

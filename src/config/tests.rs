@@ -499,10 +499,16 @@ fn errors_are_reported_at_their_position() {
         ),
         // Limits.
         (
-            y(&["limits:", "  max_header_bytes: 4096", "  max_upstream_requests: 0"]),
+            y(&[
+                "limits:",
+                "  max_header_bytes: 4096",
+                "  max_upstream_requests: 0",
+                "  max_connections: 18446744073709551615",
+            ]),
             vec![
                 "2:21: limits.max_header_bytes: 4096 is below the minimum of 8192",
                 "3:26: limits.max_upstream_requests: must be at least 1",
+                "4:20: limits.max_connections: must be at most 2305843009213693951",
             ],
         ),
         // A route with no upstream anywhere.
