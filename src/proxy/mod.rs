@@ -179,9 +179,9 @@ struct AccessRecord {
 /// largest state, so its shape is chosen for size: one `async` block that
 /// uses what it captured in place (an `async fn` copies its arguments into
 /// locals first, and every nested `async` layer taking the request by value
-/// stores it again), and the work between the two awaits (authorizing,
-/// waiting for the upstream) in plain functions, whose locals never live in
-/// the future.
+/// stores it again), and the work around its two awaits (authorize, the
+/// upstream's answer) in plain functions, whose locals never live in the
+/// future.
 #[allow(clippy::manual_async_fn)] // see above: an `async fn` is larger
 pub fn handle(
     gateway: Arc<Gateway>,
@@ -333,10 +333,9 @@ fn prepare_forward(
     runtime: &Runtime,
     peer: &Peer,
     uri: Uri,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     principal: Option<Arc<Principal>>,
 ) -> Result<Forward, Rejection> {
-    let mut request = request;
     let upgrade = headers::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
