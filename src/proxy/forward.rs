@@ -4,40 +4,41 @@
 //! hyper's pooled client runs every upstream connection as a task of its
 //! own, so one forwarded request hops between tasks several times (pool
 //! checkout, request hand-off, response head, every body chunk). Here a
-//! request checks a connection out of its upstream's idle stack, polls the
-//! connection itself while it waits for the response head, and hands it to
-//! the response body, which polls it while the body streams and puts it back
-//! on the stack once the body has ended. No connection task, no channel
-//! hop: the client connection's task does all of it.
+//! request checks a connection ([`conn::Connection`], which speaks HTTP/1.1
+//! through [`super::h1`]) out of its upstream's idle stack, drives it while
+//! it waits for the response head, and hands it to the response body, which
+//! drives it while the body streams and puts it back on the stack once the
+//! body has ended. No connection task, no channel hop: the client
+//! connection's task does all of it.
 //!
 //! Upgrades (`101 Switching Protocols`) need the connection to outlive the
-//! response, so an upgrade request gets a fresh connection run as its own
-//! task. Idle connections are closed after `idle_timeout` by a sweeper that
-//! also notices upstreams closing them first.
+//! response, so an upgrade request gets a fresh connection run by hyper as
+//! a task of its own. Idle connections are closed after `idle_timeout` by a
+//! sweeper that also notices upstreams closing them first.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tower_service::Service as _;
 
+use super::conn::{self, Connection, Connector};
+use super::h1;
 use crate::metrics::{Metrics, UpstreamError};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
-type TrySendError = hyper::client::conn::TrySendError<Request<Incoming>>;
+/// Pooled connections are boxed: responses and bodies move, and a
+/// connection is large.
+type Conn = Box<Connection>;
 
 /// Idle connections kept per upstream and worker at most; more are closed
 /// when released. A ceiling, not the working size: idle connections no
@@ -68,6 +69,7 @@ struct Shared {
     /// For the open-connection gauge.
     metrics: Arc<Metrics>,
     connector: Connector,
+    /// For upgrade requests, which hyper's connection carries on.
     http1: http1::Builder,
     /// One pool per upstream origin, made when a runtime is built.
     pools: Mutex<HashMap<(Scheme, Authority), Arc<Pool>>>,
@@ -78,17 +80,8 @@ impl UpstreamClient {
         settings: ClientSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::tls::TlsError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout));
         let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        // hyper's default of 100 header fields: see `server::HttpBuilders`.
+        let connector = Connector::new(tls, settings.connect_timeout);
         let http1 = http1::Builder::new();
         let shared = Arc::new(Shared {
             settings,
@@ -119,12 +112,8 @@ impl UpstreamClient {
             .entry((scheme.clone(), authority.clone()))
             .or_insert_with(|| {
                 Arc::new(Pool {
-                    origin: Uri::builder()
-                        .scheme(scheme.clone())
-                        .authority(authority.clone())
-                        .path_and_query("/")
-                        .build()
-                        .unwrap_or_default(),
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
                     idle: (0..=crate::workers::default_count())
                         .map(|_| Mutex::new(IdleStack::default()))
                         .collect(),
@@ -149,8 +138,9 @@ pub struct Upstream {
 }
 
 struct Pool {
-    /// `scheme://authority/`, what the connector dials.
-    origin: Uri,
+    /// What the connector dials.
+    scheme: Scheme,
+    authority: Authority,
     /// One idle stack per worker thread (see [`crate::workers`]), indexed by
     /// [`crate::workers::current`]: a connection is registered with the
     /// I/O driver of the thread that opened it and stays on that thread.
@@ -186,14 +176,14 @@ struct IdleStack {
 }
 
 struct Idle {
-    conn: Box<Conn>,
+    conn: Conn,
     since: Instant,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("origin", &self.pool.origin)
+            .field("origin", &self.pool.authority)
             .finish_non_exhaustive()
     }
 }
@@ -226,35 +216,41 @@ impl Upstream {
     #[allow(clippy::manual_async_fn)]
     fn exchange(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_ {
         async move {
             let _slot = self.slot().await;
-            // A pooled connection the upstream closed meanwhile refuses the
-            // request before sending any of it; that one is retried on a new
-            // connection. Once bytes have left, nothing is retried.
-            while let Some(mut conn) = self.checkout().await {
-                match conn.send(request).await {
-                    Ok(response) => return Ok(self.response(response, conn)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(protocol_error(&e.into_error())),
-                    },
-                }
-            }
-            // Boxed: the connect future is large and rare; the pooled path
-            // should not carry (and move) it on every request.
+            let (mut conn, pooled) = match self.checkout().await {
+                Some(conn) => (conn, true),
+                // Boxed: the connect future is large and rare; the pooled
+                // path should not carry (and move) it on every request.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            conn.start(request);
+            let failed = match poll_fn(|cx| conn.poll_head(cx)).await {
+                Ok(head) => return Ok(self.response(head, conn)),
+                Err(e) => e,
+            };
+            // A pooled connection the upstream closed as the request went
+            // out: a request without a body and with an idempotent method is
+            // sent once more, on a new connection. Nothing else is retried.
+            let replay = match conn.take_replay() {
+                Some(replay) if pooled => replay,
+                _ => return Err(protocol_error(&failed)),
+            };
+            tracing::debug!(error = %failed, "pooled upstream connection failed; sending again");
+            drop(conn);
             let mut conn = Box::pin(self.connect()).await?;
-            match conn.send(request).await {
-                Ok(response) => Ok(self.response(response, conn)),
-                Err(e) => Err(protocol_error(&e.into_error())),
+            conn.start_replay(replay);
+            match poll_fn(|cx| conn.poll_head(cx)).await {
+                Ok(head) => Ok(self.response(head, conn)),
+                Err(e) => Err(protocol_error(&e)),
             }
         }
     }
 
-    fn response(&self, response: Response<Incoming>, conn: Box<Conn>) -> Response<UpstreamBody> {
-        response.map(|incoming| UpstreamBody {
-            incoming,
+    fn response(&self, head: Response<()>, conn: Conn) -> Response<UpstreamBody> {
+        head.map(|()| UpstreamBody {
             conn: Some(conn),
             pool: self.pool.clone(),
         })
@@ -278,7 +274,7 @@ impl Upstream {
     }
 
     /// A pooled connection that is open and ready for a request, if any.
-    async fn checkout(&self) -> Option<Box<Conn>> {
+    async fn checkout(&self) -> Option<Conn> {
         loop {
             let mut conn = {
                 let mut stack = self
@@ -290,33 +286,27 @@ impl Upstream {
                 stack.low_water = stack.low_water.min(stack.conns.len());
                 idle.conn
             };
-            if poll_fn(|cx| Poll::Ready(conn.ready_now(cx))).await {
+            if poll_fn(|cx| Poll::Ready(conn.poll_open(cx))).await {
                 return Some(conn);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
-        let io = self
-            .shared
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let stream = self.connect_stream().await?;
+        Ok(Box::new(Connection::new(stream, &self.shared.metrics)))
+    }
+
+    async fn connect_stream(&self) -> Result<conn::Stream, UpstreamError> {
+        let pool = &self.pool;
+        self.shared
             .connector
-            .clone()
-            .call(self.pool.origin.clone())
+            .connect(&pool.scheme, &pool.authority)
             .await
             .map_err(|e| {
-                tracing::debug!(error = %e, origin = %self.pool.origin, "upstream connect failed");
+                tracing::debug!(error = %e, scheme = %pool.scheme, authority = %pool.authority, "upstream connect failed");
                 UpstreamError::Connect
-            })?;
-        let (sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| {
-            tracing::debug!(error = %e, "upstream handshake failed");
-            UpstreamError::Connect
-        })?;
-        Ok(Box::new(Conn {
-            sender,
-            connection,
-            closed: false,
-            _counted: Counted::new(&self.shared.metrics),
-        }))
+            })
     }
 
     /// Sends a request that asks for a protocol upgrade, on a new
@@ -327,20 +317,20 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let exchange = async {
             let _slot = self.slot().await;
-            let Conn {
-                mut sender,
-                connection,
-                ..
-            } = *self.connect().await?;
+            let io = TokioIo::new(self.connect_stream().await?);
+            let (mut sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| {
+                tracing::debug!(error = %e, "upstream handshake failed");
+                UpstreamError::Connect
+            })?;
             tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream upgrade connection ended");
                 }
             });
-            sender
-                .send_request(request)
-                .await
-                .map_err(|e| protocol_error(&e))
+            sender.send_request(request).await.map_err(|e| {
+                tracing::debug!(error = %e, "upstream upgrade request failed");
+                UpstreamError::Protocol
+            })
         };
         self.within_response_timeout(exchange).await
     }
@@ -368,105 +358,16 @@ where
     }
 }
 
-fn protocol_error(e: &hyper::Error) -> UpstreamError {
+fn protocol_error(e: &h1::Error) -> UpstreamError {
     tracing::debug!(error = %e, "upstream request failed");
     UpstreamError::Protocol
-}
-
-/// One HTTP/1.1 connection: the request sender and the connection state
-/// machine, which whoever holds it must poll.
-struct Conn {
-    sender: http1::SendRequest<Incoming>,
-    connection: http1::Connection<Io, Incoming>,
-    /// The connection future has finished (closed or failed).
-    closed: bool,
-    _counted: Counted,
-}
-
-/// Counts a pooled connection in `scopegate_upstream_connections` while it
-/// exists (an upgrade's connection stops counting when it becomes a tunnel).
-struct Counted(Arc<Metrics>);
-
-impl Counted {
-    fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.upstream_connection_opened();
-        Counted(Arc::clone(metrics))
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.upstream_connection_closed();
-    }
-}
-
-impl Conn {
-    /// Reads and writes whatever the connection can right now.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if self.closed {
-            return;
-        }
-        if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(cx) {
-            self.closed = true;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        }
-    }
-
-    /// Has neither side closed it (as far as the last `drive` saw)?
-    fn is_open(&self) -> bool {
-        !self.closed && !self.sender.is_closed()
-    }
-
-    /// Is the connection open and free for the next request?
-    fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx);
-        self.is_open() && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
-    }
-
-    /// Sends `request` and waits for the response head, driving the
-    /// connection meanwhile. hyper takes the request at once, and its
-    /// future holds no borrow of the sender.
-    fn send(
-        &mut self,
-        request: Request<Incoming>,
-    ) -> Sending<'_, impl Future<Output = Result<Response<Incoming>, TrySendError>>> {
-        let response = self.sender.try_send_request(request);
-        Sending {
-            conn: self,
-            response,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response head on its way, and the connection it comes on, which
-    /// must be polled for it to arrive.
-    struct Sending<'c, F> {
-        conn: &'c mut Conn,
-        #[pin]
-        response: F,
-    }
-}
-
-impl<F: Future> Future for Sending<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        this.conn.drive(cx);
-        this.response.poll(cx)
-    }
 }
 
 /// An upstream response body. Polling it also drives the connection it
 /// arrives on; once it has ended, the connection goes back to its pool.
 pub struct UpstreamBody {
-    incoming: Incoming,
-    /// `None` once released (or when it must not be reused). Boxed, as
-    /// everywhere: responses and bodies move, and a connection is large.
-    conn: Option<Box<Conn>>,
+    /// `None` once released, or once it failed.
+    conn: Option<Conn>,
     pool: Arc<Pool>,
 }
 
@@ -477,14 +378,16 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Puts the connection back on its pool's idle stack (the body is done).
+    /// Puts the connection back on its pool's idle stack (the body is
+    /// done), unless it cannot carry another request.
     fn release(&mut self) {
-        let Some(conn) = self.conn.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if !conn.is_open() {
+        if !conn.reusable() {
             return;
         }
+        conn.idle();
         let mut stack = self
             .pool
             .local()
@@ -501,32 +404,33 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h1::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
         let this = &mut *self;
-        if let Some(conn) = &mut this.conn {
-            conn.drive(cx);
-        }
-        let frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        let Some(conn) = &mut this.conn else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(conn.poll_frame(cx));
         match &frame {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
+            Some(Ok(_)) if !conn.response_done() => {}
+            Some(Err(_)) => this.conn = None,
+            _ => this.release(),
         }
-        frame
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.conn.as_ref().is_none_or(|c| c.response_done())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        self.conn
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |c| c.size_hint())
     }
 }
 
@@ -534,7 +438,7 @@ impl Drop for UpstreamBody {
     /// A body dropped before its end leaves the connection mid-response:
     /// that connection is closed, not pooled.
     fn drop(&mut self) {
-        if self.incoming.is_end_stream() {
+        if self.is_end_stream() {
             self.release();
         }
     }
@@ -572,12 +476,9 @@ async fn sweep(shared: Weak<Shared>) {
                 let mut stack = stack.lock().unwrap_or_else(PoisonError::into_inner);
                 let surplus = stack.low_water.min(stack.conns.len());
                 stack.conns.drain(..surplus);
-                stack.conns.retain_mut(|i| {
-                    i.since.elapsed() < timeout && {
-                        i.conn.drive(cx);
-                        i.conn.is_open()
-                    }
-                });
+                stack
+                    .conns
+                    .retain_mut(|i| i.since.elapsed() < timeout && i.conn.poll_open(cx));
                 stack.low_water = stack.conns.len();
             }
             Poll::Ready(())

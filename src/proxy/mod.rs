@@ -5,7 +5,9 @@
 //! `Result`s and never build error responses themselves.
 
 pub mod bearer;
+mod conn;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 
 use std::borrow::Cow;
