@@ -64,6 +64,7 @@ pub fn decide<'a>(
                 scopes: scopes.iter().map(|s| s.as_str().into()).collect(),
                 claims: Default::default(),
                 expires_at: u64::MAX,
+                identity_headers: Default::default(),
             };
             if auth::authorize(requirement, &principal) {
                 Outcome::Allow

@@ -74,7 +74,7 @@ impl Introspector {
         cache: &TokenCache,
         token: &str,
     ) -> Result<Arc<Principal>, AuthError> {
-        let hash = token_hash(token);
+        let hash = token_hash(token.as_bytes());
         let cached = match cache.get_opaque(&hash).await {
             Some(hit) => {
                 self.counters
@@ -232,6 +232,7 @@ pub(crate) fn judge(
         scopes,
         expires_at: exp.unwrap_or(until),
         claims: doc,
+        identity_headers: Default::default(),
     };
     Ok(Cached {
         principal: Some(Arc::new(principal)),

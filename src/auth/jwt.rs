@@ -375,6 +375,7 @@ pub(crate) fn check_claims(
         scopes,
         claims,
         expires_at: exp,
+        identity_headers: Default::default(),
     })
 }
 

@@ -33,7 +33,8 @@ use fetch::IdpClient;
 use introspect::Introspector;
 use jwks::{IssuerKeys, KeySet, KeySets, Lookup, Tuning};
 use metrics::Counters;
-use token_cache::{now_unix, token_hash, Cached, TokenCache, TokenHash};
+use token_cache::{now_unix, Cached, TokenCache};
+pub use token_cache::{token_hash, TokenHash};
 
 pub use jsonwebtoken::Algorithm;
 
@@ -106,7 +107,14 @@ pub struct Principal {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// Unix seconds.
     pub expires_at: u64,
+    /// The identity headers made from these claims, made on first use and
+    /// kept with the cached principal (see `proxy::headers::IdentityHeaders`).
+    pub identity_headers: IdentityHeaderValues,
 }
+
+/// Identity-header values, and which identity-header configuration made them.
+pub type IdentityHeaderValues =
+    std::sync::OnceLock<(u64, Box<[(http::HeaderName, http::HeaderValue)]>)>;
 
 impl Principal {
     pub fn has_scope(&self, scope: &str) -> bool {
@@ -329,23 +337,44 @@ impl Verifier {
     /// signature check, a key fetch, introspection) runs in a boxed one, so
     /// the common case neither allocates nor carries the large states.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let hash = token_hash(token.as_bytes());
+        match self.cached_jwt(&hash) {
+            Some(principal) => Ok(principal),
+            None => self.verify_uncached(token, hash).await,
+        }
+    }
+
+    /// The principal of a JWT verified before, if it is cached and the key
+    /// set that verified it is still its issuer's current one. `hash` is
+    /// [`token_hash`] of the token's bytes as sent. A hash only gets into
+    /// this cache once its token passed every check, so the caller may ask
+    /// before checking the token's syntax (the proxy does).
+    pub fn cached_jwt(&self, hash: &TokenHash) -> Option<Arc<Principal>> {
+        let hit = self.cache.get_jwt(hash)?;
+        if let (Some(principal), Some(with)) = (&hit.principal, &hit.verified_with) {
+            if self.still_current(principal, with) {
+                self.counters
+                    .token_cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
+                return Some(Arc::clone(principal));
+            }
+        }
+        self.cache.invalidate_jwt(hash);
+        None
+    }
+
+    /// [`Verifier::verify`] for a token [`Verifier::cached_jwt`] did not
+    /// know: a JWT by its signature, anything else by introspection.
+    pub async fn verify_uncached(
+        &self,
+        token: &str,
+        hash: TokenHash,
+    ) -> Result<Arc<Principal>, AuthError> {
         if !jwt::looks_like_jwt(token) {
             return match &self.introspector {
                 Some(introspector) => Box::pin(introspector.verify(&self.cache, token)).await,
                 None => Err(AuthError::InvalidToken("not a JWT")),
             };
-        }
-        let hash = token_hash(token);
-        if let Some(hit) = self.cache.get_jwt(&hash) {
-            if let (Some(principal), Some(with)) = (&hit.principal, &hit.verified_with) {
-                if self.still_current(principal, with) {
-                    self.counters
-                        .token_cache_hits
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(Arc::clone(principal));
-                }
-            }
-            self.cache.invalidate_jwt(&hash);
         }
         self.counters
             .token_cache_misses

@@ -11,10 +11,11 @@ use super::jwks::KeySet;
 use super::Principal;
 
 /// Cache key: the SHA-256 of the token.
-pub(crate) type TokenHash = [u8; 32];
+pub type TokenHash = [u8; 32];
 
-pub(crate) fn token_hash(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
+/// The cache key of a token's bytes.
+pub fn token_hash(token: &[u8]) -> TokenHash {
+    Sha256::digest(token).into()
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -181,6 +182,7 @@ mod tests {
                 scopes: vec!["read".into()].into(),
                 claims,
                 expires_at: now_unix() + 3600,
+                identity_headers: Default::default(),
             })),
             rejection: "",
             until: now_unix() + 3600,
@@ -189,7 +191,7 @@ mod tests {
     }
 
     fn key(i: usize) -> TokenHash {
-        token_hash(&format!("token-{i}"))
+        token_hash(format!("token-{i}").as_bytes())
     }
 
     /// The JWT cache keeps about its byte budget, whatever is inserted;

@@ -11,6 +11,14 @@ use crate::error::Rejection;
 /// - `Bearer` with no token, a token that is not a b64token, or trailing
 ///   garbage: 400 `invalid_request`
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    bearer_credentials(headers)?.map(b64token).transpose()
+}
+
+/// The bytes after `Bearer ` in the one `Authorization` header, not yet
+/// checked against the b64token grammar ([`b64token`] does that). The
+/// proxy looks these up in the verified-token cache first: a token found
+/// there passed the check when it was verified.
+pub fn bearer_credentials(headers: &HeaderMap) -> Result<Option<&[u8]>, Rejection> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -34,13 +42,16 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
             "the Bearer header has no token",
         ));
     }
+    Ok(Some(token))
+}
+
+/// The token, if it is a b64token (400 `invalid_request` otherwise).
+pub fn b64token(token: &[u8]) -> Result<&str, Rejection> {
     if !is_b64token(token) {
         return Err(Rejection::BadAuthorization("malformed Bearer token"));
     }
     // b64token is ASCII, so this cannot fail.
-    std::str::from_utf8(token)
-        .map(Some)
-        .map_err(|_| Rejection::BadAuthorization("malformed Bearer token"))
+    std::str::from_utf8(token).map_err(|_| Rejection::BadAuthorization("malformed Bearer token"))
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`

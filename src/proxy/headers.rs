@@ -31,6 +31,22 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
 }
 
+/// Is `name` one of [`HOP_BY_HOP`] or `upgrade`? By length first: most
+/// names are ruled out without a comparison.
+fn is_hop_by_hop_or_upgrade(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "upgrade" || name == "trailer",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
+    }
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header
 /// names. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so
 /// the next hop can switch protocols. `protected` names are never removed
@@ -38,9 +54,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, protected: &[HeaderName]) {
     // The common case, a message with none of them, costs one pass over
     // the names instead of a hashed removal per name.
-    let any = headers
-        .keys()
-        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    let any = headers.keys().any(is_hop_by_hop_or_upgrade);
     if !any {
         if keep_upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -95,12 +109,21 @@ pub struct IdentityHeaders {
     /// (header name, claim name), names lower-case.
     pairs: Vec<(HeaderName, String)>,
     names: Vec<HeaderName>,
+    /// Tells this configuration's values apart from those another one (before
+    /// a reload) left on a cached principal.
+    generation: u64,
 }
 
 impl IdentityHeaders {
     pub fn new(pairs: Vec<(HeaderName, String)>) -> Self {
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let names = pairs.iter().map(|(n, _)| n.clone()).collect();
-        IdentityHeaders { pairs, names }
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        IdentityHeaders {
+            pairs,
+            names,
+            generation,
+        }
     }
 
     /// The header names, e.g. to protect them from `Connection`-named removal.
@@ -138,18 +161,39 @@ impl IdentityHeaders {
 
     /// Adds the identity headers from the principal's claims. A claim that is
     /// absent, null or cannot be a header value adds nothing.
+    ///
+    /// The values are made once per cached principal and kept on it, so a
+    /// request with a cached token only clones them.
     pub fn insert(&self, headers: &mut HeaderMap, principal: &Principal) {
-        for (name, claim) in &self.pairs {
-            let value = if claim == "scope" || claim == "scp" {
-                // Normalized: whichever claim carried them, space-separated.
-                Some(principal.scopes.join(" "))
-            } else {
-                principal.claims.get(claim).and_then(claim_as_header_text)
-            };
-            if let Some(value) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
-                headers.insert(name.clone(), value);
+        let (generation, values) = principal
+            .identity_headers
+            .get_or_init(|| (self.generation, self.values(principal)));
+        if *generation == self.generation {
+            for (name, value) in values.iter() {
+                headers.insert(name.clone(), value.clone());
+            }
+        } else {
+            // Made by the configuration before a reload.
+            for (name, value) in self.values(principal) {
+                headers.insert(name, value);
             }
         }
+    }
+
+    fn values(&self, principal: &Principal) -> Box<[(HeaderName, HeaderValue)]> {
+        self.pairs
+            .iter()
+            .filter_map(|(name, claim)| {
+                let value = if claim == "scope" || claim == "scp" {
+                    // Normalized: whichever claim carried them, space-separated.
+                    Some(principal.scopes.join(" "))
+                } else {
+                    principal.claims.get(claim).and_then(claim_as_header_text)
+                };
+                let value = HeaderValue::try_from(value?).ok()?;
+                Some((name.clone(), value))
+            })
+            .collect()
     }
 }
 
@@ -242,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_name_check_knows_exactly_the_hop_by_hop_names() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            assert!(is_hop_by_hop_or_upgrade(name), "{name}");
+        }
+        for name in [
+            "host",
+            "tee",
+            "upgrades",
+            "trailers",
+            "x-connection",
+            "keep-alive2",
+            "authorization",
+            "proxy-authorizatio",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!is_hop_by_hop_or_upgrade(&name), "{name}");
+        }
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = map(&[
             ("connection", "keep-alive, x-secret, Host, x-auth-subject"),
@@ -299,6 +363,7 @@ mod tests {
             scopes: vec!["message".into(), "email".into()].into(),
             claims,
             expires_at: 0,
+            identity_headers: Default::default(),
         };
         let ids = IdentityHeaders::new(vec![
             (HeaderName::from_static("x-auth-subject"), "sub".into()),
@@ -312,6 +377,19 @@ mod tests {
         assert_eq!(h["x-auth-scopes"], "message email");
         assert_eq!(h["x-groups"], "a b");
         assert!(!h.contains_key("x-missing"));
+        // Kept on the principal, and used again.
+        let (_, kept) = principal.identity_headers.get().expect("kept");
+        assert_eq!(kept.len(), 3);
+        let mut again = HeaderMap::new();
+        ids.insert(&mut again, &principal);
+        assert_eq!(again, h);
+
+        // Another configuration (a reload) makes its own, from the claims.
+        let other = IdentityHeaders::new(vec![(HeaderName::from_static("x-user"), "sub".into())]);
+        let mut h = HeaderMap::new();
+        other.insert(&mut h, &principal);
+        assert_eq!(h["x-user"], "user-1");
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -133,18 +133,33 @@ pub async fn authorize<'r, 'p>(
             path,
         });
     }
-    let token = match bearer::bearer_token(headers) {
-        Ok(Some(token)) => token,
+    let credentials = match bearer::bearer_credentials(headers) {
+        Ok(Some(credentials)) => credentials,
         Ok(None) => return Err(deny(Rejection::MissingToken, Some(route))),
         Err(rejection) => return Err(deny(rejection, Some(route))),
     };
-    let principal = runtime.verifier.verify(token).await.map_err(|e| {
-        let rejection = match e {
-            AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
-            AuthError::Unavailable { retry_after, .. } => Rejection::Unavailable { retry_after },
-        };
-        deny(rejection, Some(route))
-    })?;
+    // The common case first: a token verified before. Only a token the
+    // cache does not know is checked for its syntax and verified.
+    let hash = auth::token_hash(credentials);
+    let principal = match runtime.verifier.cached_jwt(&hash) {
+        Some(principal) => principal,
+        None => {
+            let token = bearer::b64token(credentials).map_err(|r| deny(r, Some(route)))?;
+            runtime
+                .verifier
+                .verify_uncached(token, hash)
+                .await
+                .map_err(|e| {
+                    let rejection = match e {
+                        AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
+                        AuthError::Unavailable { retry_after, .. } => {
+                            Rejection::Unavailable { retry_after }
+                        }
+                    };
+                    deny(rejection, Some(route))
+                })?
+        }
+    };
     if !auth::authorize(&route.requirement, &principal) {
         return Err(deny(
             Rejection::InsufficientScope(required_scopes(&route.requirement)),

@@ -1131,6 +1131,7 @@ fn authorize_checks_scopes() {
         scopes: vec!["read".into(), "write".into()].into_boxed_slice(),
         claims: Default::default(),
         expires_at: 0,
+        identity_headers: Default::default(),
     };
     let list = |s: &[&str]| s.iter().map(|s| Box::<str>::from(*s)).collect::<Box<[_]>>();
     assert!(authorize(&Requirement::AnyToken, &p));
