@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
-TARGETS=(normalize_match bearer jwt jwks introspection config)
+TARGETS=(normalize_match bearer jwt jwks introspection config upstream_response)
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -555,3 +555,39 @@ pub mod config {
         }
     }
 }
+
+pub mod upstream_response {
+    /// scopegate's HTTP/1.1 response reader (head parser and body decoder)
+    /// over arbitrary upstream bytes.
+    ///
+    /// Input: the first byte's low bit says whether the request was `HEAD`;
+    /// the rest is what the upstream sent. Properties: never panics; the
+    /// body is never longer than the input; and reading the bytes in pieces
+    /// of 1, 3 or 64 bytes gives exactly what reading them at once gives
+    /// (the same response, or an error every time), as reads may split a
+    /// response anywhere.
+    use scopegate::proxy::h1::read_response_for_fuzzing as read;
+
+    pub fn upstream_response(data: &[u8]) {
+        let Some((&first, wire)) = data.split_first() else {
+            return;
+        };
+        let head_request = first & 1 == 1;
+        let whole = read(wire, head_request, wire.len());
+        if let Ok(Some(r)) = &whole {
+            assert!(r.body.len() <= wire.len());
+            assert!((100..=999).contains(&r.status));
+            if head_request || r.status == 204 || r.status == 304 {
+                assert!(r.body.is_empty());
+            }
+        }
+        for step in [1, 3, 64] {
+            let pieces = read(wire, head_request, step);
+            match (&whole, &pieces) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "read in pieces of {step}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("at once: {whole:?}; in pieces of {step}: {pieces:?}"),
+            }
+        }
+    }
+}

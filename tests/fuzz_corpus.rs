@@ -146,6 +146,14 @@ fn config() {
     replay("config", checks::config::config);
 }
 
+#[test]
+fn upstream_response() {
+    replay(
+        "upstream_response",
+        checks::upstream_response::upstream_response,
+    );
+}
+
 /// The jwt corpus really exercises the accepting path: its real tokens
 /// verify, and the attacks in it do not.
 #[test]

@@ -62,6 +62,10 @@ pub(crate) struct TokenCache {
     opaque: moka::future::Cache<TokenHash, Cached>,
 }
 
+/// The fixed part of a principal's identity-header values: two (name,
+/// value) pairs, their slice and the values' allocations.
+const IDENTITY_VALUES: usize = 256;
+
 /// Roughly how many bytes an entry holds: the claims' keys and string
 /// values plus fixed overhead. The cache is bounded by this weight, not by
 /// an entry count, so tokens with large claim sets cannot blow the memory
@@ -87,6 +91,12 @@ fn weight(_key: &TokenHash, value: &Cached) -> u32 {
             .map(|(k, v)| k.len() + 48 + json_bytes(v))
             .sum::<usize>()
             + p.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
+            // The identity-header values made on first use and kept on
+            // the principal: with the default headers, the subject and
+            // the joined scopes, each in an allocation of its own.
+            + IDENTITY_VALUES
+            + p.subject.as_ref().map_or(0, |s| s.len())
+            + p.scopes.iter().map(|s| s.len() + 1).sum::<usize>()
     });
     u32::try_from(256 + claims).unwrap_or(u32::MAX)
 }

@@ -494,6 +494,77 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     }
 }
 
+/// A response as [`read_response_for_fuzzing`] read it.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(String, Vec<u8>)>,
+    /// Could the connection carry another request (as far as the bytes say)?
+    pub reusable: bool,
+}
+
+/// Reads `wire` as the upstream's answer to one request (`HEAD` when
+/// `head_request`), fed `step` bytes at a time as reads would deliver it,
+/// through the same head parser and body decoder the connection uses.
+/// `Ok(None)`: the bytes end before the head does. For the fuzz target
+/// `upstream_response` (fuzz/checks.rs). Not an API: hidden, free to change.
+#[doc(hidden)]
+pub fn read_response_for_fuzzing(
+    wire: &[u8],
+    head_request: bool,
+    step: usize,
+) -> Result<Option<ReadResponse>, Error> {
+    let fields = |map: &HeaderMap| {
+        map.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let step = step.max(1);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |buf: &mut BytesMut| {
+        let end = (fed + step).min(wire.len());
+        buf.extend_from_slice(&wire[fed..end]);
+        let more = end > fed;
+        fed = end;
+        more
+    };
+    let mut spare = HeaderMap::new();
+    let head = loop {
+        if let Some(head) = parse_response_head(&mut buf, head_request, &mut spare)? {
+            break head;
+        }
+        if !feed(&mut buf) {
+            return Ok(None);
+        }
+    };
+    let mut decoder = BodyDecoder::new(head.body);
+    let (mut body, mut trailers, mut closed) = (Vec::new(), Vec::new(), false);
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::Trailers(t) => trailers = fields(&t),
+            Decoded::End => break,
+            Decoded::NeedMore => {
+                if !feed(&mut buf) {
+                    decoder.at_eof()?;
+                    closed = true;
+                }
+            }
+        }
+    }
+    Ok(Some(ReadResponse {
+        status: head.response.status().as_u16(),
+        headers: fields(head.response.headers()),
+        body,
+        trailers,
+        reusable: head.keep_alive && !closed && buf.is_empty() && fed == wire.len(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
