@@ -127,14 +127,7 @@ async fn gateway(upstream: &ScriptedUpstream, idp: &Idp) -> Running {
 
 /// A keep-alive request with an optional body.
 fn request(method: &str, target: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: api.test\r\n");
-    if !body.is_empty() {
-        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    out.push_str("\r\n");
-    let mut out = out.into_bytes();
-    out.extend_from_slice(body);
-    out
+    support::client::build_keep_alive_request(method, "api.test", target, body)
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -202,23 +195,25 @@ async fn every_response_framing_reaches_the_client_whole_and_only_clean_connecti
     }
 }
 
+/// Connection 0 answers one request, then reads the next and closes without
+/// a word: an upstream's idle timeout racing the request. Later connections
+/// answer everything. Request bodies are `body` bytes long.
+async fn closes_its_second_request(n: usize, mut peer: Peer, body: usize) {
+    let mut answered = 0;
+    while let Some(_target) = peer.read_head().await {
+        if n == 0 && answered == 1 {
+            return;
+        }
+        peer.skip_body(body).await;
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        answered += 1;
+    }
+}
+
 #[tokio::test]
 async fn a_pooled_connection_closed_under_a_get_is_retried_once_and_a_post_never() {
-    // Connection 0 answers one request, then reads the next and closes
-    // without a word: an upstream's idle timeout racing the request.
-    // Later connections answer everything.
-    let upstream = ScriptedUpstream::start(|n, mut peer| async move {
-        let mut answered = 0;
-        while let Some(_target) = peer.read_head().await {
-            if n == 0 && answered == 1 {
-                return;
-            }
-            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .await;
-            answered += 1;
-        }
-    })
-    .await;
+    let upstream = ScriptedUpstream::start(|n, peer| closes_its_second_request(n, peer, 0)).await;
     let idp = Idp::start().await;
     let gw = gateway(&upstream, &idp).await;
     let mut client = RawConn::connect(gw.proxy_addr).await.unwrap();
@@ -240,19 +235,7 @@ async fn a_pooled_connection_closed_under_a_get_is_retried_once_and_a_post_never
     );
 
     // A POST with a body is never sent twice: the same race is a 502.
-    let upstream = ScriptedUpstream::start(|n, mut peer| async move {
-        let mut answered = 0;
-        while let Some(_target) = peer.read_head().await {
-            if n == 0 && answered == 1 {
-                return;
-            }
-            peer.skip_body(4).await;
-            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                .await;
-            answered += 1;
-        }
-    })
-    .await;
+    let upstream = ScriptedUpstream::start(|n, peer| closes_its_second_request(n, peer, 4)).await;
     let gw = gateway(&upstream, &idp).await;
     let mut client = RawConn::connect(gw.proxy_addr).await.unwrap();
     client

@@ -285,7 +285,30 @@ pub fn build_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Vec<u8> {
-    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    request_bytes(
+        method,
+        &addr.to_string(),
+        "Connection: close\r\n",
+        target,
+        headers,
+        body,
+    )
+}
+
+/// A request that leaves the connection open for the next one.
+pub fn build_keep_alive_request(method: &str, host: &str, target: &str, body: &[u8]) -> Vec<u8> {
+    request_bytes(method, host, "", target, &[], body)
+}
+
+fn request_bytes(
+    method: &str,
+    host: &str,
+    connection: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{connection}");
     for (name, value) in headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
