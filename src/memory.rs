@@ -3,8 +3,8 @@
 //! the OS.
 //!
 //! Each open connection holds hyper's fixed buffers (about 23 kB with its
-//! request in flight), and each request waiting for its upstream an
-//! upstream connection's (about 30 kB). When a burst of connections ends, that memory is free, but
+//! request in flight), and each pooled upstream connection about 9 kB (its
+//! read buffer). When a burst of connections ends, that memory is free, but
 //! glibc keeps its pages mapped, so without this the process stays at the
 //! burst's peak RSS. The trim itself is in the `scopegate-heap` crate (the
 //! project's one unsafe call); this module decides when it runs.

@@ -222,17 +222,10 @@ impl Connection {
         self.read_size = FIRST_READ_SIZE;
         parts.headers.clear();
         self.spare_headers = std::mem::take(&mut parts.headers);
-        self.upload = match framing {
-            RequestFraming::None => None,
-            RequestFraming::Length => Some(Upload {
-                body,
-                chunked: false,
-            }),
-            RequestFraming::Chunked => Some(Upload {
-                body,
-                chunked: true,
-            }),
-        };
+        self.upload = (framing != RequestFraming::None).then(|| Upload {
+            body,
+            chunked: framing == RequestFraming::Chunked,
+        });
     }
 
     /// Sends what it can of the request and reads until the response head

@@ -220,31 +220,30 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_ {
         async move {
             let _slot = self.slot().await;
-            let (mut conn, pooled) = match self.checkout().await {
+            let (mut conn, mut pooled) = match self.checkout().await {
                 Some(conn) => (conn, true),
                 // Boxed: the connect future is large and rare; the pooled
                 // path should not carry (and move) it on every request.
                 None => (Box::pin(self.connect()).await?, false),
             };
             conn.start(request);
-            let failed = match poll_fn(|cx| conn.poll_head(cx)).await {
-                Ok(head) => return Ok(self.response(head, conn)),
-                Err(e) => e,
-            };
-            // A pooled connection the upstream closed as the request went
-            // out: a request without a body and with an idempotent method is
-            // sent once more, on a new connection. Nothing else is retried.
-            let replay = match conn.take_replay() {
-                Some(replay) if pooled => replay,
-                _ => return Err(protocol_error(&failed)),
-            };
-            tracing::debug!(error = %failed, "pooled upstream connection failed; sending again");
-            drop(conn);
-            let mut conn = Box::pin(self.connect()).await?;
-            conn.start_replay(replay);
-            match poll_fn(|cx| conn.poll_head(cx)).await {
-                Ok(head) => Ok(self.response(head, conn)),
-                Err(e) => Err(protocol_error(&e)),
+            loop {
+                let failed = match poll_fn(|cx| conn.poll_head(cx)).await {
+                    Ok(head) => return Ok(self.response(head, conn)),
+                    Err(e) => e,
+                };
+                // A pooled connection the upstream closed as the request
+                // went out: a request without a body and with an idempotent
+                // method is sent once more, on a new connection. Nothing
+                // else is retried, and nothing twice.
+                let Some(replay) = conn.take_replay().filter(|_| pooled) else {
+                    return Err(protocol_error(&failed));
+                };
+                tracing::debug!(error = %failed, "pooled upstream connection failed; sending again");
+                drop(conn);
+                conn = Box::pin(self.connect()).await?;
+                conn.start_replay(replay);
+                pooled = false;
             }
         }
     }

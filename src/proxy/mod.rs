@@ -149,15 +149,7 @@ pub async fn authorize<'r, 'p>(
                 .verifier
                 .verify_uncached(token, hash)
                 .await
-                .map_err(|e| {
-                    let rejection = match e {
-                        AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
-                        AuthError::Unavailable { retry_after, .. } => {
-                            Rejection::Unavailable { retry_after }
-                        }
-                    };
-                    deny(rejection, Some(route))
-                })?
+                .map_err(|e| deny(auth_rejection(e), Some(route)))?
         }
     };
     if !auth::authorize(&route.requirement, &principal) {
@@ -171,6 +163,14 @@ pub async fn authorize<'r, 'p>(
         principal: Some(principal),
         path,
     })
+}
+
+/// What a token the verifier refused answers: 401, or 503 with `Retry-After`.
+fn auth_rejection(e: AuthError) -> Rejection {
+    match e {
+        AuthError::InvalidToken(why) => Rejection::InvalidToken(why),
+        AuthError::Unavailable { retry_after, .. } => Rejection::Unavailable { retry_after },
+    }
 }
 
 /// The `scope=` attribute of a 403: all required scopes, or the alternatives.
