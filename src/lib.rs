@@ -7,7 +7,7 @@
 //! - [`proxy`]: the hyper service: normalize -> match -> authorize -> forward
 //! - [`error`]: the one place rejections become responses
 //! - [`gateway`]: the swappable runtime state; [`app`]: process wiring, reload, signals
-//! - [`server`], [`admin`]: listeners; [`workers`]: the data-plane threads; [`metrics`]: Prometheus text
+//! - [`server`], [`admin`]: listeners; [`drain`]: graceful shutdown of their connections; [`workers`]: the data-plane threads; [`metrics`]: Prometheus text
 //! - [`memory`]: free heap pages back to the OS once a burst of connections ends
 //! - [`explain`], [`route_tests`], [`demo`], [`cli`]: the subcommands
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod explain;
 pub mod forward_auth;

@@ -22,9 +22,10 @@ use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+pub use crate::drain::{Drain, DrainSignal};
 use crate::gateway::Gateway;
 use crate::proxy::{self, Peer};
 use crate::workers::Workers;
@@ -273,52 +274,19 @@ async fn until_drained<C, E>(
 where
     C: Future<Output = Result<(), E>>,
 {
-    tokio::select! {
+    let ended = std::future::poll_fn(|cx| {
         // The connection first: it is what wakes the task nearly always.
-        biased;
-        result = conn.as_mut() => return result,
-        () = drain.fired() => shutdown(conn.as_mut()),
-    }
-    conn.await
-}
-
-/// Tells the connections holding its [`DrainSignal`]s to finish what is in
-/// flight and close, then waits until they have.
-pub struct Drain {
-    signal: watch::Sender<bool>,
-}
-
-/// A connection's end of a [`Drain`].
-pub struct DrainSignal(watch::Receiver<bool>);
-
-impl DrainSignal {
-    /// Resolves once the drain has begun (or its [`Drain`] is gone).
-    async fn fired(&mut self) {
-        let _ = self.0.wait_for(|&draining| draining).await;
-    }
-}
-
-impl Default for Drain {
-    fn default() -> Self {
-        Drain {
-            signal: watch::Sender::new(false),
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
         }
-    }
-}
-
-impl Drain {
-    /// The signal for one more connection.
-    pub fn signal(&self) -> DrainSignal {
-        DrainSignal(self.signal.subscribe())
-    }
-
-    /// Signals every connection and waits until all have closed, at most
-    /// `grace`.
-    pub async fn run(self, grace: Duration) {
-        self.signal.send_replace(true);
-        tokio::select! {
-            _ = self.signal.closed() => tracing::info!("all connections drained"),
-            _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+        drain.poll_fired(cx).map(|()| None)
+    })
+    .await;
+    match ended {
+        Some(result) => result,
+        None => {
+            shutdown(conn.as_mut());
+            conn.await
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use scopegate::app::Running;
+use support::client::build_keep_alive_request;
 use support::idp::{ClientAuth, Mode as IdpMode};
 use support::keys::now_secs;
 use support::upstream::Mode as UpMode;
@@ -1452,6 +1453,49 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let exit = p.wait_exit(Duration::from_secs(5)).await.expect("exited");
     assert!(exit.success(), "{exit:?}\n{}", p.log());
     assert!(signalled.elapsed() < Duration::from_secs(6));
+}
+
+/// A keep-alive connection waiting for its next request is not woken by
+/// anything but the drain: it must be closed at once, not after
+/// `client_header` or the grace period.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let upstream = Upstream::start().await;
+    let mut p = Proc::start(
+        &public_config(
+            &upstream,
+            "shutdown_grace: 20s\ntimeouts:\n  client_header: 20s\n",
+        ),
+        &[],
+        &[],
+    )
+    .await;
+    let proxy = p.proxy;
+    let host = proxy.to_string();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut conn = RawConn::connect(proxy).await.unwrap();
+        let r = conn
+            .request(&build_keep_alive_request("GET", &host, "/public/a", b""))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        idle.push(conn);
+    }
+    let signalled = Instant::now();
+    p.signal("TERM");
+    for conn in &mut idle {
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.is_closed()).await;
+        assert_eq!(closed, Ok(true), "idle connection closed by the drain");
+    }
+    let exit = p.wait_exit(Duration::from_secs(5)).await.expect("exited");
+    assert!(exit.success(), "{exit:?}\n{}", p.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(p.log().contains("all connections drained"), "{}", p.log());
 }
 
 #[tokio::test]
