@@ -113,9 +113,17 @@ impl Peer {
 }
 
 async fn gateway(upstream: &ScriptedUpstream, idp: &Idp) -> Running {
+    gateway_with_response_timeout(upstream, idp, "3s").await
+}
+
+async fn gateway_with_response_timeout(
+    upstream: &ScriptedUpstream,
+    idp: &Idp,
+    response_timeout: &str,
+) -> Running {
     let text = format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://{}\n\
-         timeouts:\n  upstream_response: 3s\n\
+         timeouts:\n  upstream_response: {response_timeout}\n\
          issuers:\n  - issuer: {}\n    audiences: [api]\n    algorithms: [ES256]\n\
          routes:\n  - path: /**\n    public: true\n",
         upstream.addr,
@@ -281,4 +289,60 @@ async fn an_answer_that_comes_before_the_whole_request_body_reaches_the_client()
         .unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.body, b"too much");
+}
+
+/// A pooled connection keeps one timer across requests (see
+/// `proxy::deadline`), armed for an earlier request's deadline. The deadline
+/// that counts is the current request's: after the connection sat idle past
+/// the old one, a response slower than that old deadline but within the
+/// new one passes, and one slower than the new deadline is a 504 on time.
+#[tokio::test]
+async fn a_pooled_connection_times_out_by_its_current_requests_deadline() {
+    let idp = Idp::start().await;
+    let upstream = ScriptedUpstream::start(|_, mut peer| async move {
+        while let Some(target) = peer.read_head().await {
+            let wait = match target.as_str() {
+                "/in-time" => 400,
+                "/too-slow" => 3_000,
+                _ => 0,
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let gw = gateway_with_response_timeout(&upstream, &idp, "600ms").await;
+    let mut client = RawConn::connect(gw.proxy_addr).await.unwrap();
+    let r = within("first", client.request(&request("GET", "/first", b""))).await;
+    assert_eq!(r.unwrap().status, 200);
+    // Idle in the pool past the first request's deadline.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let started = std::time::Instant::now();
+    let r = within("in time", client.request(&request("GET", "/in-time", b""))).await;
+    assert_eq!(
+        r.unwrap().status,
+        200,
+        "400 ms is within the 600 ms deadline"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "the pooled connection carried it"
+    );
+    let started = std::time::Instant::now();
+    let r = within(
+        "too slow",
+        client.request(&request("GET", "/too-slow", b"")),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.unwrap().status, 504);
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(1_500),
+        "504 after {took:?}, want about 600 ms"
+    );
+    assert_eq!(upstream.connections(), 1);
+    gw.shutdown().await;
 }

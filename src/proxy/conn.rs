@@ -25,7 +25,9 @@ use hyper::body::Incoming;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use super::deadline::LazyDeadline;
 use super::h1::{self, BodyDecoder, Decoded, Error, RequestFraming};
 use crate::metrics::Metrics;
 
@@ -176,6 +178,8 @@ pub(crate) struct Connection {
     /// The last request's header map, emptied: the next response's
     /// headers go into its memory (see `h1::parse_response_head`).
     spare_headers: http::HeaderMap,
+    /// Until when the current exchange may wait for its response head.
+    response_deadline: LazyDeadline,
     _counted: Counted,
 }
 
@@ -191,7 +195,13 @@ struct Upload {
 }
 
 impl Connection {
-    pub(crate) fn new(stream: Stream, metrics: &Arc<Metrics>) -> Connection {
+    /// A connection whose first exchange must have its response head by
+    /// `response_deadline`.
+    pub(crate) fn new(
+        stream: Stream,
+        metrics: &Arc<Metrics>,
+        response_deadline: Instant,
+    ) -> Connection {
         Connection {
             stream,
             read_buf: BytesMut::new(),
@@ -204,6 +214,7 @@ impl Connection {
             answered: false,
             keep_alive: true,
             spare_headers: http::HeaderMap::new(),
+            response_deadline: LazyDeadline::new(response_deadline),
             _counted: Counted::new(metrics),
         }
     }
@@ -260,6 +271,17 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Moves the deadline for the next response head (a pooled
+    /// connection's next exchange).
+    pub(crate) fn set_response_deadline(&mut self, at: Instant) {
+        self.response_deadline.set(at);
+    }
+
+    /// Ready once the response deadline has passed (see [`LazyDeadline`]).
+    pub(crate) fn poll_response_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.response_deadline.poll_passed(cx)
     }
 
     /// The request of an exchange that failed before any answer came, if

@@ -21,7 +21,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 
 use super::conn::{self, Connection, Connector};
 use super::h1;
@@ -190,47 +191,34 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Sends the request; waits at most `response_timeout` for the response
-    /// head. The body streams afterwards, without a deadline.
+    /// head: for a request slot, a connection and the head, together. The
+    /// body streams afterwards, without a deadline.
     ///
-    /// A named future rather than an `async fn`: each `async` layer that
-    /// takes a future by value stores it twice, and this one sits in every
-    /// client connection's request future.
-    pub fn send(
-        &self,
-        request: Request<Incoming>,
-    ) -> WithinResponseTimeout<
-        impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_,
-    > {
-        self.within_response_timeout(self.exchange(request))
-    }
-
-    /// `exchange`, or `Timeout` once `response_timeout` has passed.
-    fn within_response_timeout<F: Future>(&self, exchange: F) -> WithinResponseTimeout<F> {
-        WithinResponseTimeout {
-            inner: tokio::time::timeout(self.shared.settings.response_timeout, exchange),
-        }
-    }
-
     /// An `async` block rather than an `async fn`, which would store the
     /// request twice: its argument and its local copy.
     #[allow(clippy::manual_async_fn)]
-    fn exchange(
+    pub fn send(
         &self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + '_ {
         async move {
-            let _slot = self.slot().await;
+            let deadline = Instant::now() + self.shared.settings.response_timeout;
+            let _slot = self.slot(deadline).await?;
             let (mut conn, mut pooled) = match self.checkout().await {
-                Some(conn) => (conn, true),
+                Some(mut conn) => {
+                    conn.set_response_deadline(deadline);
+                    (conn, true)
+                }
                 // Boxed: the connect future is large and rare; the pooled
                 // path should not carry (and move) it on every request.
-                None => (Box::pin(self.connect()).await?, false),
+                None => (Box::pin(self.connect(deadline)).await?, false),
             };
             conn.start(request);
             loop {
-                let failed = match poll_fn(|cx| conn.poll_head(cx)).await {
-                    Ok(head) => return Ok(self.response(head, conn)),
-                    Err(e) => e,
+                let failed = match response_head(&mut conn).await {
+                    Some(Ok(head)) => return Ok(self.response(head, conn)),
+                    Some(Err(e)) => e,
+                    None => return Err(UpstreamError::Timeout),
                 };
                 // A pooled connection the upstream closed as the request
                 // went out: a request without a body and with an idempotent
@@ -241,7 +229,7 @@ impl Upstream {
                 };
                 tracing::debug!(error = %failed, "pooled upstream connection failed; sending again");
                 drop(conn);
-                conn = Box::pin(self.connect()).await?;
+                conn = Box::pin(self.connect(deadline)).await?;
                 conn.start_replay(replay);
                 pooled = false;
             }
@@ -256,19 +244,20 @@ impl Upstream {
     }
 
     /// A slot for one more request waiting for a response head on this
-    /// worker: at once when one is free, else in turn (FIFO), within the
-    /// caller's `response_timeout`. Under overload, requests wait here
-    /// rather than each holding an upstream connection (and its buffers)
-    /// whose response the busy worker has not yet read.
-    async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+    /// worker: at once when one is free, else in turn (FIFO), until
+    /// `deadline`. Under overload, requests wait here rather than each
+    /// holding an upstream connection (and its buffers) whose response the
+    /// busy worker has not yet read.
+    async fn slot(&self, deadline: Instant) -> Result<Option<SemaphorePermit<'_>>, UpstreamError> {
         let slots = self.pool.local_slots();
-        match slots.try_acquire() {
-            Ok(slot) => Some(slot),
-            Err(_) => {
-                self.shared.metrics.upstream_request_queued();
-                // The semaphore is never closed.
-                slots.acquire().await.ok()
-            }
+        if let Ok(slot) = slots.try_acquire() {
+            return Ok(Some(slot));
+        }
+        self.shared.metrics.upstream_request_queued();
+        match tokio::time::timeout_at(deadline, slots.acquire()).await {
+            // The semaphore is never closed.
+            Ok(slot) => Ok(slot.ok()),
+            Err(_) => Err(UpstreamError::Timeout),
         }
     }
 
@@ -291,9 +280,17 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let stream = self.connect_stream().await?;
-        Ok(Box::new(Connection::new(stream, &self.shared.metrics)))
+    /// A new connection, made by `deadline`, whose first response head is
+    /// due by then too.
+    async fn connect(&self, deadline: Instant) -> Result<Conn, UpstreamError> {
+        let stream = tokio::time::timeout_at(deadline, self.connect_stream())
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        Ok(Box::new(Connection::new(
+            stream,
+            &self.shared.metrics,
+            deadline,
+        )))
     }
 
     async fn connect_stream(&self) -> Result<conn::Stream, UpstreamError> {
@@ -314,8 +311,9 @@ impl Upstream {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let deadline = Instant::now() + self.shared.settings.response_timeout;
         let exchange = async {
-            let _slot = self.slot().await;
+            let _slot = self.slot(deadline).await?;
             let io = TokioIo::new(self.connect_stream().await?);
             let (mut sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| {
                 tracing::debug!(error = %e, "upstream handshake failed");
@@ -331,30 +329,20 @@ impl Upstream {
                 UpstreamError::Protocol
             })
         };
-        self.within_response_timeout(exchange).await
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An upstream exchange bounded by `response_timeout`.
-    pub struct WithinResponseTimeout<F> {
-        #[pin]
-        inner: tokio::time::Timeout<F>,
-    }
-}
-
-impl<F, T> Future for WithinResponseTimeout<F>
-where
-    F: Future<Output = Result<T, UpstreamError>>,
-{
-    type Output = Result<T, UpstreamError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project()
-            .inner
-            .poll(cx)
-            .map(|result| result.unwrap_or(Err(UpstreamError::Timeout)))
-    }
+/// The response head of the exchange on `conn`, or `None` once its
+/// response deadline has passed.
+async fn response_head(conn: &mut Connection) -> Option<Result<Response<()>, h1::Error>> {
+    poll_fn(|cx| match conn.poll_head(cx) {
+        Poll::Ready(head) => Poll::Ready(Some(head)),
+        Poll::Pending => conn.poll_response_deadline(cx).map(|()| None),
+    })
+    .await
 }
 
 fn protocol_error(e: &h1::Error) -> UpstreamError {

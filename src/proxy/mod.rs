@@ -6,6 +6,7 @@
 
 pub mod bearer;
 mod conn;
+mod deadline;
 pub mod forward;
 pub mod h1;
 pub mod headers;
