@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::deadline::LazyDeadline;
+use super::dial;
 use super::h1::{self, BodyDecoder, Decoded, Error, RequestFraming};
 use crate::metrics::Metrics;
 
@@ -59,7 +60,8 @@ impl Connector {
     }
 
     /// A TCP connection (with `TCP_NODELAY`), and TLS over it for
-    /// `https`, each step within the connect timeout.
+    /// `https`, each step within the connect timeout. A name is resolved
+    /// and its addresses dialed Happy Eyeballs style (see [`dial`]).
     pub(crate) async fn connect(
         &self,
         scheme: &Scheme,
@@ -73,7 +75,17 @@ impl Connector {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = within(self.timeout, TcpStream::connect((host, port))).await?;
+        let tcp = within(self.timeout, async {
+            let addrs = tokio::net::lookup_host((host, port)).await?.collect();
+            dial::dial(
+                addrs,
+                self.timeout,
+                dial::FALLBACK_DELAY,
+                TcpStream::connect,
+            )
+            .await
+        })
+        .await?;
         tcp.set_nodelay(true)?;
         if !https {
             return Ok(Stream::Plain(tcp));

@@ -7,6 +7,7 @@
 pub mod bearer;
 mod conn;
 mod deadline;
+mod dial;
 pub mod forward;
 pub mod h1;
 pub mod headers;
