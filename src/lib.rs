@@ -7,7 +7,7 @@
 //! - [`proxy`]: the hyper service: normalize -> match -> authorize -> forward
 //! - [`error`]: the one place rejections become responses
 //! - [`gateway`]: the swappable runtime state; [`app`]: process wiring, reload, signals
-//! - [`server`], [`admin`]: listeners; [`drain`]: graceful shutdown of their connections; [`workers`]: the data-plane threads; [`metrics`]: Prometheus text
+//! - [`server`], [`admin`]: listeners; [`drain`]: graceful shutdown of their connections; [`head_timeout`]: `client_header` on HTTP/1; [`workers`]: the data-plane threads; [`metrics`]: Prometheus text
 //! - [`memory`]: free heap pages back to the OS once a burst of connections ends
 //! - [`explain`], [`route_tests`], [`demo`], [`cli`]: the subcommands
 #![forbid(unsafe_code)]
@@ -17,12 +17,14 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+mod deadline;
 pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod explain;
 pub mod forward_auth;
 pub mod gateway;
+pub mod head_timeout;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
-use hyper::service::{service_fn, HttpService};
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use crate::drain::{Drain, DrainSignal};
 use crate::gateway::Gateway;
+use crate::head_timeout;
 use crate::proxy::{self, Peer};
 use crate::workers::Workers;
 
@@ -104,25 +106,29 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// A listener's service: a hyper service whose futures and bodies may be
 /// sent to a worker thread.
 pub trait ConnService:
-    HttpService<
-        Incoming,
+    Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
         Future: Send + 'static,
         Error: Into<BoxError>,
-        ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
     > + Send
     + 'static
 {
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
 }
 
-impl<S> ConnService for S where
-    S: HttpService<
-            Incoming,
+impl<S, B> ConnService for S
+where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
             Future: Send + 'static,
             Error: Into<BoxError>,
-            ResBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
         > + Send
-        + 'static
+        + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
 {
+    type Body = B;
 }
 
 /// The HTTP/1.1 and HTTP/2 connection builders for one listener's limits.
@@ -130,7 +136,7 @@ pub struct HttpBuilders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     /// How long a new connection may take to send its first bytes (or to
-    /// finish the TLS handshake).
+    /// finish the TLS handshake), and an HTTP/1 request head to arrive.
     first_bytes_within: Duration,
 }
 
@@ -138,8 +144,9 @@ impl HttpBuilders {
     pub fn new(limits: &ServerLimits) -> Self {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.client_header_timeout)
+            // `client_header` is kept by `head_timeout`, with one timer per
+            // connection rather than one per request.
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes.max(8192))
             // hyper's default of 100 header fields (Envoy's too) stays: a
             // higher `max_headers` moves its parse arrays to the heap, two
@@ -180,8 +187,7 @@ impl HttpBuilders {
             else {
                 return;
             };
-            self.serve(TokioIo::new(stream), protocol, service, drain)
-                .await;
+            self.serve(stream, protocol, service, drain).await;
         }
     }
 
@@ -201,8 +207,7 @@ impl HttpBuilders {
         };
         let protocol = negotiated_protocol(&stream);
         let stream = FirstReadDeadline::new(stream, self.first_bytes_within);
-        self.serve(TokioIo::new(stream), protocol, service, drain)
-            .await;
+        self.serve(stream, protocol, service, drain).await;
     }
 
     /// The result of a connection's first step (reading its first bytes,
@@ -227,15 +232,15 @@ impl HttpBuilders {
     }
 
     #[allow(clippy::manual_async_fn)]
-    fn serve<I, S>(
+    fn serve<T, S>(
         &self,
-        io: I,
+        stream: T,
         protocol: Protocol,
         service: S,
         drain: DrainSignal,
     ) -> impl Future<Output = ()> + '_
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: ConnService,
     {
         async move {
@@ -243,15 +248,21 @@ impl HttpBuilders {
                 // Pinned where it is made: moved into a helper, it would be
                 // stored twice.
                 Protocol::Http1 => {
-                    let conn =
-                        std::pin::pin!(self.http1.serve_connection(io, service).with_upgrades());
+                    let (stream, service) =
+                        head_timeout::wrap(stream, service, self.first_bytes_within);
+                    let conn = std::pin::pin!(self
+                        .http1
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades());
                     until_drained(conn, drain, |conn| conn.graceful_shutdown()).await
                 }
                 // Boxed: HTTP/2's state is twice HTTP/1's, and the HTTP/1
                 // connections should not carry its size in their task.
                 Protocol::Http2 => {
                     Box::pin(async move {
-                        let conn = std::pin::pin!(self.http2.serve_connection(io, service));
+                        let conn = std::pin::pin!(self
+                            .http2
+                            .serve_connection(TokioIo::new(stream), service));
                         until_drained(conn, drain, |conn| conn.graceful_shutdown()).await
                     })
                     .await

@@ -1301,6 +1301,81 @@ async fn idle_keep_alive_connections_are_closed_after_client_header() {
     );
 }
 
+/// `client_header` bounds the wait for a request head and nothing else: a
+/// slow response, a body that streams for longer, a slow upload and an idle
+/// tunnel all outlast it, and the connection stays usable.
+#[tokio::test]
+async fn client_header_bounds_only_the_wait_for_a_request_head() {
+    let (gw, upstream) = limits_gateway("timeouts:\n  client_header: 1s\n").await;
+    let addr = gw.proxy_addr;
+    let host = addr.to_string();
+    let mut conn = RawConn::connect(addr).await.unwrap();
+    upstream
+        .set_mode(UpMode::Slow(Duration::from_millis(1500)))
+        .await;
+    let r = conn
+        .request(&build_keep_alive_request("GET", &host, "/public/slow", b""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "a response head after 1.5 s");
+    upstream
+        .set_mode(UpMode::StreamBody {
+            chunks: 5,
+            interval: Duration::from_millis(500),
+        })
+        .await;
+    let r = conn
+        .request(&build_keep_alive_request(
+            "GET",
+            &host,
+            "/public/stream",
+            b"",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("chunk 4"),
+        "a body streaming for 2 s: {}",
+        r.text()
+    );
+    upstream.set_mode(UpMode::Echo).await;
+    let head = format!("POST /public/upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\n\r\n");
+    conn.write(head.as_bytes()).await.unwrap();
+    for byte in b"abc" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        conn.write(&[*byte]).await.unwrap();
+    }
+    let r = conn.read_response(false).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 3, "an upload taking 1.5 s");
+    let r = conn
+        .request(&build_keep_alive_request(
+            "GET",
+            &host,
+            "/public/again",
+            b"",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the same connection, still open");
+
+    let mut tunnel = RawConn::connect(addr).await.unwrap();
+    let upgrade = format!(
+        "GET /public/ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tunnel.write(upgrade.as_bytes()).await.unwrap();
+    assert_eq!(tunnel.read_head().await.unwrap().status, 101);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tunnel.write(b"still here").await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(10))
+        .await
+        .expect("the tunnel is open after 2 s idle")
+        .unwrap();
+    assert_eq!(echoed, b"still here");
+}
+
 #[tokio::test]
 async fn max_connections_queues_further_connections() {
     let (gw, _upstream) = limits_gateway("limits:\n  max_connections: 2\n").await;

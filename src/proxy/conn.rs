@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::deadline::LazyDeadline;
 use super::dial;
 use super::h1::{self, BodyDecoder, Decoded, Error, RequestFraming};
+use crate::deadline::LazyDeadline;
 use crate::metrics::Metrics;
 
 /// Room a read gets at least; the buffer grows by `read_size` below it.

@@ -6,7 +6,6 @@
 
 pub mod bearer;
 mod conn;
-mod deadline;
 mod dial;
 pub mod forward;
 pub mod h1;

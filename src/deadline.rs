@@ -1,5 +1,6 @@
 //! A deadline that moves on every request and almost never passes: the
-//! upstream response timeout of a pooled connection.
+//! upstream response timeout of a pooled connection, and the client's
+//! request-head timeout of a keep-alive connection.
 //!
 //! A fresh `tokio::time::timeout` per request puts an entry into the
 //! runtime's timer wheel and takes it out again, every time. Here the timer
