@@ -370,8 +370,8 @@ pub async fn serve(
 /// A stream whose first read must bring bytes within a deadline, for TLS
 /// connections: the handshake is bounded, but an HTTP/2 client (chosen by
 /// ALPN) that then sends no preface would otherwise hold its connection
-/// slot unbounded. Later reads are not bounded here (hyper's header timeout
-/// covers HTTP/1 keep-alive; HTTP/2 uses pings).
+/// slot unbounded. Later reads are not bounded here (`head_timeout` covers
+/// HTTP/1 request heads and keep-alive; HTTP/2 uses pings).
 struct FirstReadDeadline<T> {
     inner: T,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
