@@ -137,7 +137,7 @@ pub struct HttpBuilders {
     http2: http2::Builder<TokioExecutor>,
     /// How long a new connection may take to send its first bytes (or to
     /// finish the TLS handshake), and an HTTP/1 request head to arrive.
-    first_bytes_within: Duration,
+    client_header: Duration,
 }
 
 impl HttpBuilders {
@@ -161,7 +161,7 @@ impl HttpBuilders {
         HttpBuilders {
             http1,
             http2,
-            first_bytes_within: limits.client_header_timeout,
+            client_header: limits.client_header_timeout,
         }
     }
 
@@ -206,7 +206,7 @@ impl HttpBuilders {
             return;
         };
         let protocol = negotiated_protocol(&stream);
-        let stream = FirstReadDeadline::new(stream, self.first_bytes_within);
+        let stream = FirstReadDeadline::new(stream, self.client_header);
         self.serve(stream, protocol, service, drain).await;
     }
 
@@ -218,7 +218,7 @@ impl HttpBuilders {
         what: &str,
         step: impl Future<Output = std::io::Result<T>>,
     ) -> Option<T> {
-        match tokio::time::timeout(self.first_bytes_within, step).await {
+        match tokio::time::timeout(self.client_header, step).await {
             Ok(Ok(done)) => Some(done),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "{what} failed");
@@ -248,8 +248,7 @@ impl HttpBuilders {
                 // Pinned where it is made: moved into a helper, it would be
                 // stored twice.
                 Protocol::Http1 => {
-                    let (stream, service) =
-                        head_timeout::wrap(stream, service, self.first_bytes_within);
+                    let (stream, service) = head_timeout::wrap(stream, service, self.client_header);
                     let conn = std::pin::pin!(self
                         .http1
                         .serve_connection(TokioIo::new(stream), service)
