@@ -14,10 +14,14 @@
 //! - [`Tracked`] wraps the connection's service: a call marks a request in
 //!   flight; the response body's drop marks its end and when it was. A `101`
 //!   marks the connection upgraded: a tunnel has no request heads.
-//! - [`HeadDeadline`] wraps the connection's socket: while hyper waits for
-//!   bytes it checks the timer, and when the timer fires with no request in
-//!   flight and the wait older than the limit, the read fails (`TimedOut`)
-//!   and hyper closes the connection.
+//! - [`HeadGuard`] watches the connection's socket ([`Guarded`]): while
+//!   hyper waits for bytes it checks the timer, and when the timer fires
+//!   with no request in flight and the wait older than the limit, the read
+//!   fails (`TimedOut`) and hyper closes the connection.
+//!
+//! [`FirstBytesGuard`] is the same limit on a TLS connection's first read
+//! after the handshake, whatever its protocol (an HTTP/2 client that sends
+//! no preface would otherwise hold its slot).
 
 use std::future::Future;
 use std::io;
@@ -77,15 +81,18 @@ impl HeadClock {
     }
 }
 
-/// A new connection's two halves: the socket wrapper and the service
-/// wrapper, sharing one [`HeadClock`].
-pub fn wrap<T, S>(stream: T, service: S, limit: Duration) -> (HeadDeadline<T>, Tracked<S>) {
+/// A new HTTP/1 connection's two halves: the socket, guarded, and the
+/// service, tracked, sharing one [`HeadClock`].
+pub fn wrap<T, S>(stream: T, service: S, limit: Duration) -> (Guarded<T, HeadGuard>, Tracked<S>) {
     let clock = Arc::new(HeadClock::new());
-    let socket = HeadDeadline {
-        inner: stream,
+    let guard = HeadGuard {
         clock: clock.clone(),
         limit,
         deadline: LazyDeadline::new(Instant::now() + limit),
+    };
+    let socket = Guarded {
+        inner: stream,
+        guard,
     };
     (
         socket,
@@ -96,26 +103,55 @@ pub fn wrap<T, S>(stream: T, service: S, limit: Duration) -> (HeadDeadline<T>, T
     )
 }
 
-/// The connection's socket, failing reads once a request head is overdue.
-pub struct HeadDeadline<T> {
+/// `stream`, whose first read must bring bytes within `limit`.
+pub fn first_bytes_within<T>(stream: T, limit: Duration) -> Guarded<T, FirstBytesGuard> {
+    Guarded {
+        inner: stream,
+        guard: FirstBytesGuard {
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        },
+    }
+}
+
+/// Decides, while a read waits, whether it must fail instead.
+pub trait ReadGuard {
+    /// A read returned; `got_bytes` if it brought any.
+    fn on_read(&mut self, got_bytes: bool);
+    /// A read is waiting: the error to fail it with, if its time is up (else
+    /// the task is woken when it might be).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error>;
+}
+
+/// A socket whose waiting reads a [`ReadGuard`] may fail; writes pass through.
+pub struct Guarded<T, G> {
     inner: T,
+    guard: G,
+}
+
+/// [`ReadGuard`] for HTTP/1 request heads.
+pub struct HeadGuard {
     clock: Arc<HeadClock>,
     limit: Duration,
     deadline: LazyDeadline,
 }
 
-impl<T> HeadDeadline<T> {
-    /// Has the awaited request head taken longer than the limit? Else the
-    /// task is woken when it might have.
-    fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+impl ReadGuard for HeadGuard {
+    fn on_read(&mut self, _got_bytes: bool) {}
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         loop {
             if self.deadline.poll_passed(cx).is_pending() {
-                return false;
+                return None;
             }
             // The timer is armed for the earliest time the head can be
             // overdue; now check whether it is.
             match self.clock.head_due(self.limit) {
-                Some(due) if due <= Instant::now() => return true,
+                Some(due) if due <= Instant::now() => {
+                    return Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not complete within client_header",
+                    ))
+                }
                 Some(due) => self.deadline.set(due),
                 // A request in flight, or a tunnel: check again a limit
                 // from now.
@@ -125,25 +161,51 @@ impl<T> HeadDeadline<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
+/// [`ReadGuard`] for a connection's first bytes; done once they came.
+pub struct FirstBytesGuard {
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReadGuard for FirstBytesGuard {
+    fn on_read(&mut self, got_bytes: bool) {
+        if got_bytes {
+            self.deadline = None;
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let deadline = self.deadline.as_mut()?;
+        deadline.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client sent nothing within client_header",
+            )
+        })
+    }
+}
+
+impl<T: AsyncRead + Unpin, G: ReadGuard + Unpin> AsyncRead for Guarded<T, G> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending if this.overdue(cx) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not complete within client_header",
-            ))),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                this.guard.on_read(buf.filled().len() > before);
+                Poll::Ready(result)
+            }
+            Poll::Pending => match this.guard.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
         }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
+impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Guarded<T, G> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -292,7 +354,7 @@ mod tests {
     }
 
     /// Reads from `socket` until it fails; when, after the start.
-    async fn fails_after<T: AsyncRead + Unpin>(socket: &mut HeadDeadline<T>) -> Duration {
+    async fn fails_after<T: AsyncRead + Unpin>(socket: &mut Guarded<T, HeadGuard>) -> Duration {
         let started = Instant::now();
         let mut buf = [0u8; 16];
         let e = socket.read(&mut buf).await.expect_err("the read fails");
@@ -354,5 +416,25 @@ mod tests {
         let mut more = ReadBuf::new(&mut more);
         let poll = Pin::new(&mut socket).poll_read(&mut Context::from_waker(waker), &mut more);
         assert!(matches!(poll, Poll::Ready(Err(_))), "{poll:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_bytes_must_come_within_the_limit_and_later_reads_may_wait() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut silent = first_bytes_within(server, LIMIT);
+        let started = Instant::now();
+        let mut buf = [0u8; 4];
+        let e = silent.read(&mut buf).await.expect_err("fails");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), LIMIT);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut talking = first_bytes_within(server, LIMIT);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"hi")
+            .await
+            .unwrap();
+        talking.read_exact(&mut buf[..2]).await.unwrap();
+        let later = tokio::time::timeout(LIMIT * 10, talking.read(&mut buf)).await;
+        assert!(later.is_err(), "still waiting after ten limits: {later:?}");
     }
 }

@@ -13,7 +13,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -21,7 +21,7 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -206,7 +206,7 @@ impl HttpBuilders {
             return;
         };
         let protocol = negotiated_protocol(&stream);
-        let stream = FirstReadDeadline::new(stream, self.client_header);
+        let stream = head_timeout::first_bytes_within(stream, self.client_header);
         self.serve(stream, protocol, service, drain).await;
     }
 
@@ -364,88 +364,6 @@ pub async fn serve(
     }
     drop(listener);
     drain.run(limits.shutdown_grace).await;
-}
-
-/// A stream whose first read must bring bytes within a deadline, for TLS
-/// connections: the handshake is bounded, but an HTTP/2 client (chosen by
-/// ALPN) that then sends no preface would otherwise hold its connection
-/// slot unbounded. Later reads are not bounded here (`head_timeout` covers
-/// HTTP/1 request heads and keep-alive; HTTP/2 uses pings).
-struct FirstReadDeadline<T> {
-    inner: T,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<T> FirstReadDeadline<T> {
-    fn new(inner: T, within: Duration) -> Self {
-        FirstReadDeadline {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep(within))),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.deadline = None;
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "client sent nothing within client_header",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for FirstReadDeadline<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
 /// The next connection on `listener`. Accept errors (EMFILE and friends) are

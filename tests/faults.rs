@@ -336,10 +336,7 @@ async fn keys_rotate_mid_load() {
 #[tokio::test]
 async fn upstream_refusing_is_502() {
     let h = start_with("").await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_reserved, closed) = support::refusing_addr();
     let text = format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://{closed}\nroutes:\n  - path: /public/**\n    public: true\n"
     );

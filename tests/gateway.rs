@@ -680,9 +680,8 @@ async fn oversized_headers_are_431() {
 
 #[tokio::test]
 async fn upstream_refused_is_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let (_reserved, closed) = support::refusing_addr();
+    let port = closed.port();
     let routes = format!(
         "routes:\n  - path: /public/**\n    public: true\n    upstream: http://127.0.0.1:{port}\n"
     );

@@ -1403,7 +1403,8 @@ async fn max_connections_queues_further_connections() {
 
 #[tokio::test]
 async fn refused_upstream_is_502_quickly_and_oversized_heads_431() {
-    let port = free_port();
+    let (_reserved, closed) = support::refusing_addr();
+    let port = closed.port();
     let routes = format!("routes:\n  - path: /public/**\n    public: true\n    upstream: http://127.0.0.1:{port}\n  - path: /ok/**\n    public: true\n");
     let (gw, _upstream) = limits_gateway_with("limits:\n  max_header_bytes: 8192\n", &routes).await;
     let started = Instant::now();
