@@ -8,7 +8,7 @@
 //! request, put into the runtime's timer wheel and taken out again: an
 //! allocation, two wheel operations and a clock read, about 1,400
 //! instructions of the 67k a proxied request costs. Here the connection
-//! keeps one lazily re-armed timer ([`LazyDeadline`]), and a request
+//! keeps one lazily re-armed timer (`deadline::LazyDeadline`), and a request
 //! only adds a count and, when its response ends, the time:
 //!
 //! - [`Tracked`] wraps the connection's service: a call marks a request in

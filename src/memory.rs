@@ -21,7 +21,7 @@ const EVERY: Duration = Duration::from_millis(250);
 const MIN_CLOSED: usize = 64;
 
 /// Decides, from the open-connection count (client and upstream) sampled
-/// every [`EVERY`], when the heap is trimmed.
+/// every `EVERY`, when the heap is trimmed.
 #[derive(Debug, Default)]
 pub struct AfterLoad {
     /// The most connections open since the last trim.
@@ -30,7 +30,7 @@ pub struct AfterLoad {
 
 impl AfterLoad {
     /// Records the open count; true when the heap should be trimmed now:
-    /// at least [`MIN_CLOSED`] connections have closed since the peak, and
+    /// at least `MIN_CLOSED` connections have closed since the peak, and
     /// no more than half of the peak are still open.
     pub fn observe(&mut self, open: usize) -> bool {
         self.peak = self.peak.max(open);

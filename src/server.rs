@@ -169,7 +169,7 @@ impl HttpBuilders {
     /// upgrades) or HTTP/2 by its first bytes. A client that sends nothing
     /// within `client_header` is dropped.
     ///
-    /// This and [`HttpBuilders::serve`] are `async` blocks rather than
+    /// This and `HttpBuilders::serve` are `async` blocks rather than
     /// `async fn`s: an `async fn` stores its arguments twice (as passed,
     /// and moved into its body), and this future is every connection's task.
     #[allow(clippy::manual_async_fn)]

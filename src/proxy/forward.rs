@@ -4,7 +4,7 @@
 //! hyper's pooled client runs every upstream connection as a task of its
 //! own, so one forwarded request hops between tasks several times (pool
 //! checkout, request hand-off, response head, every body chunk). Here a
-//! request checks a connection ([`conn::Connection`], which speaks HTTP/1.1
+//! request checks a connection (`conn::Connection`, which speaks HTTP/1.1
 //! through [`super::h1`]) out of its upstream's idle stack, drives it while
 //! it waits for the response head, and hands it to the response body, which
 //! drives it while the body streams and puts it back on the stack once the

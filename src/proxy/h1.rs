@@ -1,6 +1,6 @@
 //! HTTP/1.1 toward the upstream, as bytes (RFC 9112): the request head and
 //! body framing scopegate writes, and the response head and body framing it
-//! reads. No I/O here; [`super::conn`] moves the bytes.
+//! reads. No I/O here; `super::conn` moves the bytes.
 //!
 //! The response head is parsed by `httparse` (hyper's parser) into an
 //! `http::Response` whose header values share the read buffer; bodies are
