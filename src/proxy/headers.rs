@@ -36,7 +36,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 fn hop_by_hop_bit(name: &HeaderName) -> Option<u32> {
     let name = name.as_str();
     let i = match name.len() {
-        2 if name == "te" => 5,
+        2 if name == "te" => TE_BIT,
         7 if name == "upgrade" => UPGRADE_BIT,
         7 if name == "trailer" => 6,
         10 if name == "connection" => 0,
@@ -50,6 +50,8 @@ fn hop_by_hop_bit(name: &HeaderName) -> Option<u32> {
     Some(i)
 }
 
+/// `te`'s place in [`HOP_BY_HOP`] (its value `trailers` survives).
+const TE_BIT: u32 = 5;
 /// The bit after the [`HOP_BY_HOP`] ones.
 const UPGRADE_BIT: u32 = 8;
 
@@ -98,7 +100,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, protected:
     for name in named {
         headers.remove(name);
     }
-    let te_trailers = has(5)
+    let te_trailers = has(TE_BIT)
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
