@@ -60,6 +60,7 @@ pub fn decide<'a>(
         (_, None) => Outcome::Unauthorized,
         (requirement, Some(scopes)) => {
             let principal = Principal {
+                issuer: None,
                 subject: None,
                 scopes: scopes.iter().map(|s| s.as_str().into()).collect(),
                 claims: Default::default(),

@@ -55,7 +55,8 @@ pub fn verify_jwt(
         return Err(AuthError::InvalidToken("not a JWT"));
     }
     let parsed = jwt::parse(token)?;
-    if parsed.issuer()? != issuer.issuer {
+    let claims = parsed.claims()?;
+    if claims.issuer()? != issuer.issuer {
         return Err(AuthError::InvalidToken("unknown issuer"));
     }
     parsed.check_header_for(issuer)?;
@@ -69,7 +70,9 @@ pub fn verify_jwt(
         Lookup::Ambiguous => return Err(AuthError::InvalidToken("kid required")),
     };
     parsed.verify_signature(key)?;
-    jwt::check_claims(parsed.claims, issuer, leeway, now)
+    let checked = claims.check(issuer, leeway, now)?;
+    drop(claims);
+    Ok(parsed.into_principal(checked))
 }
 
 /// Checks an introspection answer body as the introspector does after a

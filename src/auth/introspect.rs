@@ -14,10 +14,11 @@ use base64::Engine as _;
 use http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::claims::{self, ClaimValue, Claims};
 use super::fetch::IdpClient;
 use super::metrics::Counters;
 use super::token_cache::{now_unix, token_hash, Cached, TokenCache};
-use super::{jwt, AuthError, ClientAuthMethod, IntrospectionSettings, Principal};
+use super::{AuthError, ClientAuthMethod, IntrospectionSettings, Principal};
 
 /// How long an `active: false` answer is remembered.
 const INACTIVE_TTL: Duration = Duration::from_secs(5);
@@ -221,17 +222,19 @@ pub(crate) fn judge(
             return Ok(negative("wrong audience"));
         }
     }
-    let scopes = match jwt::scopes_from(&doc) {
+    let claim = |name| doc.get(name).map(ClaimValue::of);
+    let scopes = match claims::scopes_from(claim("scope").as_ref(), claim("scp").as_ref()) {
         Ok(scopes) => scopes,
         Err(_) => return Ok(negative("malformed scope")),
     };
     let subject = doc.get("sub").and_then(Value::as_str).map(Box::from);
     let until = cache_until(exp, now, s.cache_ttl);
     let principal = Principal {
+        issuer: doc.get("iss").and_then(Value::as_str).map(Box::from),
         subject,
         scopes,
         expires_at: exp.unwrap_or(until),
-        claims: doc,
+        claims: Claims::from_map(&doc),
         identity_headers: Default::default(),
     };
     Ok(Cached {

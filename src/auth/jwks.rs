@@ -10,7 +10,7 @@
 //!   keyed by a fetch generation (one HTTP request, many waiters).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -443,6 +443,17 @@ impl IssuerKeys {
     /// The current key set, lock-free.
     pub(crate) fn current(&self) -> Option<Arc<KeySet>> {
         self.current.load_full()
+    }
+
+    /// Is `set` the current key set? Asked on every cached-token hit, so
+    /// it neither clones nor upgrades (two shared reference counts fewer
+    /// to bounce between cores): the `Weak` keeps `set`'s allocation, so
+    /// its address cannot belong to another set while we compare.
+    pub(crate) fn is_current(&self, set: &Weak<KeySet>) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), set.as_ptr()))
     }
 
     pub(crate) fn last_fetch_ok(&self) -> bool {

@@ -1,6 +1,7 @@
-//! JWT checks: the token's form, its header (strictly, by hand), the
-//! signature (aws-lc-rs, pinned to one alg and one key) and the claims.
-//! Pure and synchronous; key lookup and caching live in `mod.rs` / `jwks.rs`.
+//! JWT checks: the token's form, its header (strictly, by hand) and the
+//! signature (aws-lc-rs, pinned to one alg and one key); the claims are
+//! `claims.rs`'s. Pure and synchronous; key lookup and caching live in
+//! `mod.rs` / `jwks.rs`.
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -10,12 +11,11 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::claims::{Checked, Claims, Registered};
 use super::jwks::Key;
 use super::{AuthError, IssuerSettings, Principal};
-
-type Claims = Map<String, Value>;
 
 fn invalid(why: &'static str) -> AuthError {
     AuthError::InvalidToken(why)
@@ -48,18 +48,10 @@ pub(crate) struct Parsed<'a> {
     pub(crate) kid: Option<String>,
     /// `typ` after normalization: `Some("jwt")` or `Some("at+jwt")`.
     typ: Option<&'static str>,
-    pub(crate) claims: Claims,
+    /// The decoded payload: JSON text, not yet known to be an object
+    /// ([`Parsed::claims`] reads it).
+    payload: String,
     token: &'a str,
-}
-
-fn decode_json_part(part: &str) -> Result<Claims, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| invalid("malformed token"))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(invalid("malformed token")),
-    }
 }
 
 /// A header member's value, as far as the header rules look at it: a
@@ -214,7 +206,11 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
         .map_err(|_| invalid("malformed token"))?;
     let header: Header<'_> =
         serde_json::from_slice(&header_bytes).map_err(|_| invalid("malformed token"))?;
-    let claims = decode_json_part(payload)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(invalid("malformed token"))?;
 
     if header.crit {
         return Err(invalid("unsupported critical header"));
@@ -249,17 +245,27 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
         alg_name,
         kid,
         typ,
-        claims,
+        payload,
         token,
     })
 }
 
 impl Parsed<'_> {
-    /// The payload's `iss`, which picks the issuer.
-    pub(crate) fn issuer(&self) -> Result<&str, AuthError> {
-        match self.claims.get("iss") {
-            Some(Value::String(iss)) => Ok(iss),
-            _ => Err(invalid("unknown issuer")),
+    /// The claims the checks read, from the payload (which must be a JSON
+    /// object, each of those claims in it once).
+    pub(crate) fn claims(&self) -> Result<Registered<'_>, AuthError> {
+        Registered::read(&self.payload)
+    }
+
+    /// The principal of a token whose signature and claims passed.
+    pub(crate) fn into_principal(self, checked: Checked) -> Principal {
+        Principal {
+            issuer: Some(checked.issuer),
+            subject: checked.subject,
+            scopes: checked.scopes,
+            claims: Claims::from_object_text(self.payload),
+            expires_at: checked.expires_at,
+            identity_headers: Default::default(),
         }
     }
 
@@ -305,90 +311,6 @@ impl Parsed<'_> {
             .verify_sig(message.as_bytes(), &buf[..len])
             .map_err(|_| invalid("bad signature"))
     }
-}
-
-/// A JSON NumericDate: a non-negative number (fractions allowed, floored).
-fn numeric_date(claims: &Claims, name: &str, why: &'static str) -> Result<Option<u64>, AuthError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f.floor() as u64)),
-            _ => Err(invalid(why)),
-        },
-        Some(_) => Err(invalid(why)),
-    }
-}
-
-fn string_list(value: &Value) -> Option<Vec<&str>> {
-    match value {
-        Value::String(s) => Some(s.split_ascii_whitespace().collect()),
-        Value::Array(items) => items.iter().map(Value::as_str).collect(),
-        _ => None,
-    }
-}
-
-/// Checks the claims of a token whose signature verified; `now` in Unix seconds.
-pub(crate) fn check_claims(
-    claims: Claims,
-    issuer: &IssuerSettings,
-    leeway: u64,
-    now: u64,
-) -> Result<Principal, AuthError> {
-    let exp = numeric_date(&claims, "exp", "malformed exp")?.ok_or(invalid("missing exp"))?;
-    if exp.saturating_add(leeway) <= now {
-        return Err(invalid("token expired"));
-    }
-    if let Some(nbf) = numeric_date(&claims, "nbf", "malformed nbf")? {
-        if nbf > now.saturating_add(leeway) {
-            return Err(invalid("token not yet valid"));
-        }
-    }
-    if let Some(iat) = numeric_date(&claims, "iat", "malformed iat")? {
-        if iat > now.saturating_add(leeway) {
-            return Err(invalid("token issued in the future"));
-        }
-    }
-    match claims.get("iss") {
-        Some(Value::String(iss)) if *iss == issuer.issuer => {}
-        _ => return Err(invalid("unknown issuer")),
-    }
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(aud)) => issuer.audiences.iter().any(|a| a == aud),
-        Some(Value::Array(auds)) => auds.iter().any(|aud| {
-            aud.as_str()
-                .is_some_and(|aud| issuer.audiences.iter().any(|a| a == aud))
-        }),
-        _ => false,
-    };
-    if !aud_ok {
-        return Err(invalid("wrong audience"));
-    }
-    let subject = match claims.get("sub") {
-        None => None,
-        Some(Value::String(s)) => Some(s.as_str().into()),
-        Some(_) => return Err(invalid("malformed sub")),
-    };
-    let scopes = scopes_from(&claims)?;
-    Ok(Principal {
-        subject,
-        scopes,
-        claims,
-        expires_at: exp,
-        identity_headers: Default::default(),
-    })
-}
-
-/// Scopes from `scope` (space-delimited string) or, if absent, `scp`
-/// (array of strings, or a string).
-pub(crate) fn scopes_from(claims: &Claims) -> Result<Box<[Box<str>]>, AuthError> {
-    let list = match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => s.split_ascii_whitespace().collect(),
-        (Some(_), _) => return Err(invalid("malformed scope")),
-        (None, Some(scp)) => string_list(scp).ok_or(invalid("malformed scope"))?,
-        (None, None) => Vec::new(),
-    };
-    Ok(list.into_iter().map(Box::from).collect())
 }
 
 #[cfg(test)]
@@ -446,28 +368,5 @@ mod tests {
                 assert_eq!(looks_like_jwt(&token), reference(&token), "{token:?}");
             }
         }
-    }
-
-    #[test]
-    fn scope_sources() {
-        let check = |claims: Value, want: Option<&[&str]>| {
-            let Value::Object(map) = claims else { panic!() };
-            let got = scopes_from(&map).ok();
-            let got: Option<Vec<&str>> = got.as_ref().map(|s| s.iter().map(|s| &**s).collect());
-            assert_eq!(got.as_deref(), want, "{map:?}");
-        };
-        check(
-            serde_json::json!({"scope": "a b  c"}),
-            Some(&["a", "b", "c"]),
-        );
-        check(serde_json::json!({"scp": ["a", "b"]}), Some(&["a", "b"]));
-        check(serde_json::json!({"scp": "a b"}), Some(&["a", "b"]));
-        check(
-            serde_json::json!({"scope": "a", "scp": ["b"]}),
-            Some(&["a"]),
-        );
-        check(serde_json::json!({}), Some(&[]));
-        check(serde_json::json!({"scope": ["a"]}), None);
-        check(serde_json::json!({"scp": ["a", 1]}), None);
     }
 }

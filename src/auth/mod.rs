@@ -1,11 +1,13 @@
 //! Token verification: (token) -> Principal | AuthError, and the scope check.
 //! No inbound HTTP types here; the proxy hands over the bare token string.
 //!
-//! Code map: `jwt` (form, header, signature, claims), `jwks` (key sets per
+//! Code map: `jwt` (form, header, signature), `claims` (the claims: read
+//! without a map, checked, kept as text), `jwks` (key sets per
 //! issuer: fetch, cache, single-flight refetch, readiness), `introspect`
 //! (RFC 7662 for opaque tokens), `fetch` (the HTTP(S) client for the IdP),
 //! `token_cache` (SHA-256(token) -> claims), `metrics` (counters).
 
+mod claims;
 mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use crate::route::Requirement;
 
+pub use claims::Claims;
 pub use fetch::ClientSetupError;
 pub use metrics::AuthMetrics;
 
@@ -101,10 +104,12 @@ pub struct AuthSettings {
 /// Who the token says the caller is; cached per token, never a decision.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// `iss`: for a JWT, the issuer whose key verified it.
+    pub issuer: Option<Box<str>>,
     pub subject: Option<Box<str>>,
     pub scopes: Box<[Box<str>]>,
     /// All claims, for identity headers.
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub claims: Claims,
     /// Unix seconds.
     pub expires_at: u64,
     /// The identity headers made from these claims, made on first use and
@@ -389,9 +394,10 @@ impl Verifier {
         hash: TokenHash,
     ) -> Result<Arc<Principal>, AuthError> {
         let parsed = jwt::parse(token)?;
+        let claims = parsed.claims()?;
         let issuer = self
             .key_sets
-            .issuer(parsed.issuer()?)
+            .issuer(claims.issuer()?)
             .ok_or(AuthError::InvalidToken("unknown issuer"))?;
         parsed.check_header_for(&issuer.settings)?;
 
@@ -431,12 +437,9 @@ impl Verifier {
         };
         parsed.verify_signature(key)?;
         let leeway = self.settings.leeway.as_secs();
-        let principal = Arc::new(jwt::check_claims(
-            parsed.claims,
-            &issuer.settings,
-            leeway,
-            now_unix(),
-        )?);
+        let checked = claims.check(&issuer.settings, leeway, now_unix())?;
+        drop(claims);
+        let principal = Arc::new(parsed.into_principal(checked));
         self.cache.insert_jwt(
             hash,
             Cached {
@@ -451,15 +454,11 @@ impl Verifier {
 
     /// Is the key set a cached JWT was verified with still its issuer's current one?
     fn still_current(&self, principal: &Principal, with: &Weak<KeySet>) -> bool {
-        let Some(serde_json::Value::String(iss)) = principal.claims.get("iss") else {
-            return false;
-        };
-        let (Some(issuer), Some(with)) = (self.key_sets.issuer(iss), with.upgrade()) else {
-            return false;
-        };
-        issuer
-            .current()
-            .is_some_and(|current| Arc::ptr_eq(&current, &with))
+        principal
+            .issuer
+            .as_deref()
+            .and_then(|iss| self.key_sets.issuer(iss))
+            .is_some_and(|issuer| issuer.is_current(with))
     }
 }
 

@@ -66,30 +66,14 @@ pub(crate) struct TokenCache {
 /// value) pairs, their slice and the values' allocations.
 const IDENTITY_VALUES: usize = 256;
 
-/// Roughly how many bytes an entry holds: the claims' keys and string
-/// values plus fixed overhead. The cache is bounded by this weight, not by
+/// Roughly how many bytes an entry holds: the claims' text, the strings
+/// made from it, plus fixed overhead. The cache is bounded by this weight, not by
 /// an entry count, so tokens with large claim sets cannot blow the memory
 /// budget.
 fn weight(_key: &TokenHash, value: &Cached) -> u32 {
-    fn json_bytes(v: &serde_json::Value) -> usize {
-        use serde_json::Value;
-        match v {
-            Value::String(s) => s.len() + 24,
-            Value::Array(items) => 24 + items.iter().map(json_bytes).sum::<usize>(),
-            Value::Object(map) => {
-                48 + map
-                    .iter()
-                    .map(|(k, v)| k.len() + 48 + json_bytes(v))
-                    .sum::<usize>()
-            }
-            _ => 16,
-        }
-    }
     let claims = value.principal.as_ref().map_or(0, |p| {
-        p.claims
-            .iter()
-            .map(|(k, v)| k.len() + 48 + json_bytes(v))
-            .sum::<usize>()
+        p.claims.as_json().len()
+            + p.issuer.as_ref().map_or(0, |s| s.len())
             + p.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
             // The identity-header values made on first use and kept on
             // the principal: with the default headers, the subject and
@@ -188,9 +172,10 @@ mod tests {
         );
         Cached {
             principal: Some(Arc::new(Principal {
+                issuer: None,
                 subject: Some(format!("user-{i}").into()),
                 scopes: vec!["read".into()].into(),
-                claims,
+                claims: crate::auth::Claims::from_map(&claims),
                 expires_at: now_unix() + 3600,
                 identity_headers: Default::default(),
             })),

@@ -200,11 +200,16 @@ impl IdentityHeaders {
         self.pairs
             .iter()
             .filter_map(|(name, claim)| {
-                let value = if claim == "scope" || claim == "scp" {
+                let value = match (&**claim, &principal.subject) {
                     // Normalized: whichever claim carried them, space-separated.
-                    Some(principal.scopes.join(" "))
-                } else {
-                    principal.claims.get(claim).and_then(claim_as_header_text)
+                    ("scope" | "scp", _) => Some(principal.scopes.join(" ")),
+                    // `sub` as a string, already read out of the claims.
+                    ("sub", Some(subject)) => Some(subject.to_string()),
+                    _ => principal
+                        .claims
+                        .get(claim)
+                        .as_ref()
+                        .and_then(claim_as_header_text),
                 };
                 let value = HeaderValue::try_from(value?).ok()?;
                 Some((name.clone(), value))
@@ -376,9 +381,10 @@ mod tests {
         claims.insert("sub".into(), "user-1".into());
         claims.insert("groups".into(), serde_json::json!(["a", "b"]));
         let principal = Principal {
+            issuer: None,
             subject: Some("user-1".into()),
             scopes: vec!["message".into(), "email".into()].into(),
-            claims,
+            claims: crate::auth::Claims::from_map(&claims),
             expires_at: 0,
             identity_headers: Default::default(),
         };
