@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
+use base64::{DecodeSliceError, Engine as _};
 use jsonwebtoken::Algorithm;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -201,11 +201,21 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     else {
         return Err(invalid("malformed token"));
     };
-    let header_bytes = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| invalid("malformed token"))?;
+    // A header is small: decoded on the stack, a long one on the heap.
+    let mut stack = [0u8; 512];
+    let heap;
+    let header_bytes: &[u8] = match URL_SAFE_NO_PAD.decode_slice(header, &mut stack) {
+        Ok(len) => &stack[..len],
+        Err(DecodeSliceError::OutputSliceTooSmall) => {
+            heap = URL_SAFE_NO_PAD
+                .decode(header)
+                .map_err(|_| invalid("malformed token"))?;
+            &heap
+        }
+        Err(DecodeSliceError::DecodeError(_)) => return Err(invalid("malformed token")),
+    };
     let header: Header<'_> =
-        serde_json::from_slice(&header_bytes).map_err(|_| invalid("malformed token"))?;
+        serde_json::from_slice(header_bytes).map_err(|_| invalid("malformed token"))?;
     let payload = URL_SAFE_NO_PAD
         .decode(payload)
         .ok()
