@@ -57,8 +57,8 @@ impl Claims {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
                 let mut found = None;
-                while let Some(key) = map.next_key::<Text<'de>>()? {
-                    if key.0 == self.0 {
+                while let Some(key) = map.next_key::<ClaimValue<'de>>()? {
+                    if key.text() == Some(self.0) {
                         found = Some(map.next_value::<Value>()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -84,32 +84,9 @@ impl fmt::Debug for Claims {
     }
 }
 
-/// A JSON string, borrowed from the text when it has no escapes.
-struct Text<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(TextVisitor)
-    }
-}
-
-/// A claim's value, as far as the checks look at it.
+/// A JSON value as far as the token checks look at it: a claim, a header
+/// member, a member name. Strings are borrowed from the text when they
+/// have no escapes; objects are skipped, never built.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ClaimValue<'de> {
     Text(Cow<'de, str>),
@@ -118,8 +95,7 @@ pub(crate) enum ClaimValue<'de> {
         whole: Option<u64>,
         float: f64,
     },
-    /// An array: its items that are strings (`None` for any other item).
-    List(Vec<Option<Cow<'de, str>>>),
+    List(Vec<ClaimValue<'de>>),
     /// `null`, a boolean or an object.
     Other,
 }
@@ -133,17 +109,12 @@ impl<'a> ClaimValue<'a> {
                 whole: n.as_u64(),
                 float: n.as_f64().unwrap_or(f64::NAN),
             },
-            Value::Array(items) => ClaimValue::List(
-                items
-                    .iter()
-                    .map(|item| item.as_str().map(Cow::Borrowed))
-                    .collect(),
-            ),
+            Value::Array(items) => ClaimValue::List(items.iter().map(ClaimValue::of).collect()),
             _ => ClaimValue::Other,
         }
     }
 
-    fn text(&self) -> Option<&str> {
+    pub(crate) fn text(&self) -> Option<&str> {
         match self {
             ClaimValue::Text(s) => Some(s),
             _ => None,
@@ -199,62 +170,14 @@ impl<'de> Visitor<'de> for ClaimVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ClaimValue<'de>, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<ListItem<'de>>()? {
-            items.push(item.0);
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
         }
         Ok(ClaimValue::List(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClaimValue<'de>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(ClaimValue::Other)
-    }
-}
-
-/// An array item: a string, or anything else (skipped, not kept).
-struct ListItem<'de>(Option<Cow<'de, str>>);
-
-impl<'de> Deserialize<'de> for ListItem<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ItemVisitor;
-        impl<'de> Visitor<'de> for ItemVisitor {
-            type Value = ListItem<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(Some(Cow::Owned(v.to_owned()))))
-            }
-            fn visit_string<E>(self, v: String) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(Some(Cow::Owned(v))))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(None))
-            }
-            fn visit_unit<E>(self) -> Result<ListItem<'de>, E> {
-                Ok(ListItem(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ListItem<'de>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ListItem(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListItem<'de>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(ListItem(None))
-            }
-        }
-        d.deserialize_any(ItemVisitor)
     }
 }
 
@@ -285,8 +208,8 @@ impl<'de> Deserialize<'de> for Registered<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Registered<'de>, A::Error> {
                 let mut claims = Registered::default();
-                while let Some(name) = map.next_key::<Text<'de>>()? {
-                    let slot = match &*name.0 {
+                while let Some(name) = map.next_key::<ClaimValue<'de>>()? {
+                    let slot = match name.text().unwrap_or_default() {
                         "iss" => &mut claims.iss,
                         "sub" => &mut claims.sub,
                         "aud" => &mut claims.aud,
@@ -371,7 +294,7 @@ impl<'de> Registered<'de> {
             Some(ClaimValue::Text(aud)) => issuer.audiences.iter().any(|a| a == aud),
             Some(ClaimValue::List(auds)) => auds
                 .iter()
-                .flatten()
+                .filter_map(ClaimValue::text)
                 .any(|aud| issuer.audiences.iter().any(|a| a == aud)),
             _ => false,
         };
@@ -422,7 +345,7 @@ pub(crate) fn scopes_from(
         }
         (None, Some(ClaimValue::List(items))) => items
             .iter()
-            .map(|item| item.as_deref().map(Box::from).ok_or_else(malformed))
+            .map(|item| item.text().map(Box::from).ok_or_else(malformed))
             .collect(),
         (None, Some(_)) => Err(malformed()),
         (None, None) => Ok(Box::default()),
@@ -484,8 +407,8 @@ mod tests {
                         mut m: A,
                     ) -> Result<Self::Value, A::Error> {
                         let mut found = None;
-                        while let Some(k) = m.next_key::<Text<'de>>()? {
-                            if k.0 == self.0 {
+                        while let Some(k) = m.next_key::<ClaimValue<'de>>()? {
+                            if k.text() == Some(self.0) {
                                 found = Some(m.next_value()?);
                             } else {
                                 m.next_value::<IgnoredAny>()?;

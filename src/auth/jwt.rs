@@ -9,11 +9,11 @@ use std::str::FromStr;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::{DecodeSliceError, Engine as _};
 use jsonwebtoken::Algorithm;
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::claims::{Checked, Claims, Registered};
+use super::claims::{Checked, ClaimValue, Claims, Registered};
 use super::jwks::Key;
 use super::{AuthError, IssuerSettings, Principal};
 
@@ -54,61 +54,6 @@ pub(crate) struct Parsed<'a> {
     token: &'a str,
 }
 
-/// A header member's value, as far as the header rules look at it: a
-/// string (borrowed from the decoded header when it has no escapes), or
-/// any other JSON value, `null` included.
-enum Member<'de> {
-    Text(Cow<'de, str>),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Member<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(MemberVisitor)
-    }
-}
-
-struct MemberVisitor;
-
-impl<'de> Visitor<'de> for MemberVisitor {
-    type Value = Member<'de>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Member<'de>, E> {
-        Ok(Member::Text(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Member<'de>, E> {
-        Ok(Member::Text(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Member<'de>, E> {
-        Ok(Member::Text(Cow::Owned(v)))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Member<'de>, E> {
-        Ok(Member::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Member::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Member::Other)
-    }
-}
-
 /// More members than any JOSE header has (RFC 7515 and RFC 7519 register
 /// fewer than twenty).
 const MAX_HEADER_MEMBERS: usize = 64;
@@ -118,9 +63,9 @@ const MAX_HEADER_MEMBERS: usize = 64;
 /// other JOSE parser can read another `alg` or `kid` out of it than we do.
 #[derive(Default)]
 struct Header<'de> {
-    alg: Option<Member<'de>>,
-    kid: Option<Member<'de>>,
-    typ: Option<Member<'de>>,
+    alg: Option<ClaimValue<'de>>,
+    kid: Option<ClaimValue<'de>>,
+    typ: Option<ClaimValue<'de>>,
     crit: bool,
     b64: Option<Value>,
 }
@@ -136,8 +81,8 @@ impl<'de> Deserialize<'de> for Header<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Header<'de>, A::Error> {
                 let mut header = Header::default();
                 let mut seen: Vec<Cow<'de, str>> = Vec::new();
-                while let Some(name) = access.next_key::<Member<'de>>()? {
-                    let Member::Text(name) = name else {
+                while let Some(name) = access.next_key::<ClaimValue<'de>>()? {
+                    let ClaimValue::Text(name) = name else {
                         return Err(de::Error::custom("member name not a string"));
                     };
                     // The duplicate check is quadratic: bounded, so a header
@@ -231,11 +176,11 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     }
     let typ = match &header.typ {
         None => None,
-        Some(Member::Text(t)) => Some(normalized_typ(t).ok_or(invalid("wrong token type"))?),
-        Some(Member::Other) => return Err(invalid("wrong token type")),
+        Some(ClaimValue::Text(t)) => Some(normalized_typ(t).ok_or(invalid("wrong token type"))?),
+        Some(_) => return Err(invalid("wrong token type")),
     };
     let alg_name = match &header.alg {
-        Some(Member::Text(a)) => ASYMMETRIC_ALGS.into_iter().find(|name| name == a),
+        Some(ClaimValue::Text(a)) => ASYMMETRIC_ALGS.into_iter().find(|name| name == a),
         _ => None,
     }
     .ok_or(invalid("algorithm not allowed"))?;
@@ -245,8 +190,8 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     }
     let kid = match header.kid {
         None => None,
-        Some(Member::Text(k)) => Some(k.into_owned()),
-        Some(Member::Other) => return Err(invalid("malformed token")),
+        Some(ClaimValue::Text(k)) => Some(k.into_owned()),
+        Some(_) => return Err(invalid("malformed token")),
     };
     // `jku`, `x5u`, `jwk`, `x5c` are deliberately ignored: keys come only
     // from the configured issuer's JWKS.
