@@ -229,6 +229,63 @@ async fn absolute_form_target_is_treated_as_its_path() {
 }
 
 #[tokio::test]
+async fn a_request_must_name_its_host_once() {
+    let h = start().await;
+    let addr = h.addr();
+    // Refused before the route table: nothing reaches the upstream, which
+    // would have answered its own 400 (and closed the pooled connection).
+    for (what, request) in [
+        ("no Host", "GET /public/x HTTP/1.1\r\nConnection: close\r\n\r\n".to_string()),
+        ("HTTP/1.0 without Host", "GET /public/x HTTP/1.0\r\n\r\n".to_string()),
+        (
+            "two Host headers",
+            format!("GET /public/x HTTP/1.1\r\nHost: {addr}\r\nHost: other.example\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "a path in Host",
+            "GET /public/x HTTP/1.1\r\nHost: a.example/b\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            "userinfo in Host",
+            "GET /public/x HTTP/1.1\r\nHost: user@a.example\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            "a space in Host",
+            "GET /public/x HTTP/1.1\r\nHost: a.example b.example\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+    ] {
+        let r = raw_request(addr, &request).await.unwrap();
+        assert_eq!(r.status, 400, "{what}");
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains("invalid_request") && body.contains("Host"), "{what}: {body}");
+    }
+    assert_eq!(h.upstream.count(), 0);
+
+    // One Host of any valid form passes as it came; so does an absolute-form
+    // target without one, whose authority becomes the upstream's Host.
+    for (request, host) in [
+        (
+            "GET /public/x HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n".to_string(),
+            "[::1]:8080".to_string(),
+        ),
+        (
+            "GET /public/x HTTP/1.0\r\nHost: api.example\r\n\r\n".to_string(),
+            "api.example".to_string(),
+        ),
+        (
+            format!("GET http://{addr}/public/x HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            addr.to_string(),
+        ),
+    ] {
+        h.upstream.clear();
+        let r = raw_request(addr, &request).await.unwrap();
+        assert_eq!(r.status, 200, "{request}");
+        let seen = h.upstream.last().expect("forwarded");
+        assert_eq!(seen.header_all("host"), [host.as_str()], "{request}");
+    }
+}
+
+#[tokio::test]
 async fn head_is_covered_by_get() {
     let h = start().await;
     let token = h.token("message");

@@ -115,6 +115,53 @@ pub fn target_path<'a>(method: &Method, uri: &'a Uri) -> Result<&'a str, Rejecti
     Ok(path)
 }
 
+/// Checks that a request names its host once (RFC 9112 §3.2): one valid
+/// `Host` header, or, with none, an authority in the target (the absolute
+/// form, or HTTP/2's `:authority`). Otherwise the upstream would answer a
+/// request the gateway had authorized with its own 400 and close the
+/// connection, or two hosts would leave it to the upstream to pick one.
+pub fn check_host(uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(Rejection::BadRequest("more than one Host header")),
+        (Some(host), None) if is_host_value(host.as_bytes()) => Ok(()),
+        (Some(_), None) => Err(Rejection::BadRequest("malformed Host header")),
+        (None, _) if uri.authority().is_some() => Ok(()),
+        (None, _) => Err(Rejection::BadRequest("missing Host header")),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2), by its characters: a reg-name,
+/// an IPv4 address or a bracketed IPv6 literal, and digits. Empty is what a
+/// client sends for a target without an authority; the upstream gets it
+/// as it came.
+fn is_host_value(host: &[u8]) -> bool {
+    host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
 /// Normalize, match, verify, check scopes. Shared by the proxy and forward-auth.
 pub async fn authorize<'r, 'p>(
     runtime: &'r Runtime,
@@ -212,7 +259,9 @@ pub fn handle(
         let method = request.method().clone();
         let mut record = AccessRecord::default();
         let outcome: Result<Response<Body>, Rejection> = 'outcome: {
-            let raw_path = match target_path(request.method(), request.uri()) {
+            let target = target_path(request.method(), request.uri())
+                .and_then(|p| check_host(request.uri(), request.headers()).map(|()| p));
+            let raw_path = match target {
                 Ok(p) => p,
                 Err(rejection) => {
                     gateway.metrics.unmatched().record(Decision::InvalidRequest);
