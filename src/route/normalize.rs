@@ -106,14 +106,25 @@ fn validate(path: &str) -> Result<bool, NormalizeError> {
             0x00..=0x1F | 0x7F => return Err(NormalizeError::ControlCharacter),
             b';' => return Err(NormalizeError::Semicolon),
             b'#' => return Err(NormalizeError::Fragment),
-            b'/' if bytes.get(i + 1) == Some(&b'/') => changes = true,
+            b'/' if starts_empty_or_dot_segment(&bytes[i + 1..]) => changes = true,
             _ => {}
         }
         utf8.push(c)?;
         i += 1;
     }
     utf8.finish()?;
-    Ok(changes || path.split('/').any(|s| s == "." || s == ".."))
+    Ok(changes)
+}
+
+/// Whether the segment after a `/` changes in normal form: empty (another
+/// `/` follows), `.` or `..`, spelled literally (an escaped dot already
+/// counts as a change). A trailing slash does not.
+fn starts_empty_or_dot_segment(after_slash: &[u8]) -> bool {
+    match after_slash.split(|&b| b == b'/').next().unwrap_or_default() {
+        b"." | b".." => true,
+        b"" => after_slash.first() == Some(&b'/'),
+        _ => false,
+    }
 }
 
 /// Pass 2: builds the normal form of a path that passed [`validate`].
