@@ -23,6 +23,7 @@ SPEED_SECONDS=${SPEED_SECONDS:-3} # openssl speed -seconds; 0 skips it
 WARMUP=${WARMUP:-2}               # seconds of hot load per row before round 1
 HALF_LOAD=${HALF_LOAD:-1}         # 1: fixed-rate p99 at half of max load (hey)
 HALF_DURATION=${HALF_DURATION:-10}
+HALF_ROUNDS=${HALF_ROUNDS:-$ROUNDS} # direct/gateway pairs per row; the report takes medians
 C1000=${C1000:-1}                 # 1: RSS while 1,000 connections are open
 C1000_DURATION=${C1000_DURATION:-6}
 SCOPEGATE_BIN=${SCOPEGATE_BIN:-}  # a prebuilt binary; default: cargo build --release
@@ -523,6 +524,7 @@ if [ "$HALF_LOAD" = 1 ] && command -v hey >/dev/null && [[ " $SCENARIOS " == *" 
       "http://127.0.0.1:$port/api/bench" 2>/dev/null |
       awk '/Requests\/sec:/ { rps = $2 } /50%% in|50% in/ { p50 = $3 * 1000 } /99% in/ { p99 = $3 * 1000 } END { printf "%s %s %s\n", rps, p50, p99 }'
   }
+  declare -A HALF_RATE
   for row in "${ACTIVE[@]}"; do
     [ "$row" = direct ] && continue
     max=$(python3 - "$RAW" "$row" <<'EOF'
@@ -536,13 +538,21 @@ for line in open(sys.argv[1]):
 print(int(statistics.median(rates)) if rates else 0)
 EOF
 )
-    [ "$max" -gt 0 ] || continue
-    rate=$((max / 2))
-    log "half load: $rate req/s (half of $row's hot max $max) on direct and $row"
-    read -r d_rps d_p50 d_p99 < <(hey_p99 "$P_UP" "$rate")
-    read -r g_rps g_p50 g_p99 < <(hey_p99 "${ROW_PORT[$row]}" "$rate")
-    echo "{\"row\":\"$row\",\"target_rps\":$rate,\"direct\":{\"rps\":${d_rps:-0},\"p50_ms\":${d_p50:-0},\"p99_ms\":${d_p99:-0}},\"gateway\":{\"rps\":${g_rps:-0},\"p50_ms\":${g_p50:-0},\"p99_ms\":${g_p99:-0}}}" >>"$HALF_FILE"
-    log "  direct p99 ${d_p99:-?} ms, $row p99 ${g_p99:-?} ms"
+    [ "$max" -gt 0 ] && HALF_RATE[$row]=$((max / 2))
+  done
+  # Like the main cells: rounds, the rows interleaved in each, and direct
+  # measured right before each gateway at that gateway's rate, so a noisy
+  # minute touches one pair of one round rather than a row's only figure.
+  for round in $(seq "$HALF_ROUNDS"); do
+    for row in "${ACTIVE[@]}"; do
+      rate=${HALF_RATE[$row]:-}
+      [ -n "$rate" ] || continue
+      log "half load r$round: $rate req/s (half of $row's hot max) on direct and $row"
+      read -r d_rps d_p50 d_p99 < <(hey_p99 "$P_UP" "$rate")
+      read -r g_rps g_p50 g_p99 < <(hey_p99 "${ROW_PORT[$row]}" "$rate")
+      echo "{\"row\":\"$row\",\"round\":$round,\"target_rps\":$rate,\"direct\":{\"rps\":${d_rps:-0},\"p50_ms\":${d_p50:-0},\"p99_ms\":${d_p99:-0}},\"gateway\":{\"rps\":${g_rps:-0},\"p50_ms\":${g_p50:-0},\"p99_ms\":${g_p99:-0}}}" >>"$HALF_FILE"
+      log "  direct p99 ${d_p99:-?} ms, $row p99 ${g_p99:-?} ms"
+    done
   done
 fi
 
