@@ -1105,6 +1105,32 @@ async fn h2c_prior_knowledge_with_a_body_and_concurrent_streams() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(gw_status_h2(&mut h2.clone(), &base).await, 200);
+
+    // A Host header beside :authority must name the same host (RFC 9113
+    // §8.3.1): upstream, over HTTP/1.1, only one of them would survive.
+    let before = upstream.count();
+    for (host, status) in [
+        ("other.example", 400),
+        (gw.proxy_addr.to_string().as_str(), 200),
+    ] {
+        let r = h2
+            .clone()
+            .send_request(
+                http::Request::get(format!("{base}/api/messages"))
+                    .header("authorization", bearer(&token))
+                    .header("host", host)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "Host: {host}");
+    }
+    assert_eq!(upstream.count(), before + 1);
+    assert_eq!(
+        upstream.last().unwrap().header_all("host"),
+        [gw.proxy_addr.to_string().as_str()]
+    );
 }
 
 async fn gw_status_h2(

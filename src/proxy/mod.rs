@@ -120,11 +120,24 @@ pub fn target_path<'a>(method: &Method, uri: &'a Uri) -> Result<&'a str, Rejecti
 /// form, or HTTP/2's `:authority`). Otherwise the upstream would answer a
 /// request the gateway had authorized with its own 400 and close the
 /// connection, or two hosts would leave it to the upstream to pick one.
-pub fn check_host(uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
+/// An HTTP/2 request that sends both must name the same host in each (RFC
+/// 9113 §8.3.1): it goes upstream as HTTP/1.1, with only one of them.
+pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
     let mut hosts = headers.get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(Rejection::BadRequest("more than one Host header")),
-        (Some(host), None) if is_host_value(host.as_bytes()) => Ok(()),
+        (Some(host), None) if is_host_value(host.as_bytes()) => match uri.authority() {
+            Some(authority)
+                if version == Version::HTTP_2
+                    && !authority
+                        .as_str()
+                        .as_bytes()
+                        .eq_ignore_ascii_case(host.as_bytes()) =>
+            {
+                Err(Rejection::BadRequest("Host header differs from :authority"))
+            }
+            _ => Ok(()),
+        },
         (Some(_), None) => Err(Rejection::BadRequest("malformed Host header")),
         (None, _) if uri.authority().is_some() => Ok(()),
         (None, _) => Err(Rejection::BadRequest("missing Host header")),
@@ -259,8 +272,9 @@ pub fn handle(
         let method = request.method().clone();
         let mut record = AccessRecord::default();
         let outcome: Result<Response<Body>, Rejection> = 'outcome: {
-            let target = target_path(request.method(), request.uri())
-                .and_then(|p| check_host(request.uri(), request.headers()).map(|()| p));
+            let target = target_path(request.method(), request.uri()).and_then(|p| {
+                check_host(request.version(), request.uri(), request.headers()).map(|()| p)
+            });
             let raw_path = match target {
                 Ok(p) => p,
                 Err(rejection) => {
