@@ -355,17 +355,13 @@ impl Verifier {
     /// this cache once its token passed every check, so the caller may ask
     /// before checking the token's syntax (the proxy does).
     pub fn cached_jwt(&self, hash: &TokenHash) -> Option<Arc<Principal>> {
-        let hit = self.cache.get_jwt(hash)?;
-        if let (Some(principal), Some(with)) = (&hit.principal, &hit.verified_with) {
-            if self.still_current(principal, with) {
-                self.counters
-                    .token_cache_hits
-                    .fetch_add(1, Ordering::Relaxed);
-                return Some(Arc::clone(principal));
-            }
-        }
-        self.cache.invalidate_jwt(hash);
-        None
+        let principal = self
+            .cache
+            .get_jwt(hash, |principal, with| self.still_current(principal, with))?;
+        self.counters
+            .token_cache_hits
+            .fetch_add(1, Ordering::Relaxed);
+        Some(principal)
     }
 
     /// [`Verifier::verify`] for a token [`Verifier::cached_jwt`] did not

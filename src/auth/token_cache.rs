@@ -1,8 +1,18 @@
 //! The verified-token cache: SHA-256(token) -> claims (`Principal`), never a
 //! decision, never the raw token, and never served past the token's `exp`
 //! (per-entry expiry plus a check on read).
+//!
+//! In front of the shared moka cache of verified JWTs, each thread keeps a
+//! few of the entries it last hit ([`Front`]). A moka read writes to state
+//! every worker shares (the entry's access time, the read log, the
+//! frequency sketch), and on two cores those cache lines travel between
+//! the workers on every request: 470 ns a hit with two threads reading one
+//! token, against 170 ns with one. A hit in the front touches only the
+//! thread's own memory and the principal's reference count.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -58,8 +68,49 @@ impl moka::Expiry<TokenHash, Cached> for UntilExpiry {
 /// carries no lookup state, and hyper keeps that future per connection),
 /// while introspection needs the `future` cache's single-flight loader.
 pub(crate) struct TokenCache {
+    /// Which cache a thread's [`Front`] holds entries of: unique for the
+    /// process's life, where an address could be reused.
+    id: u64,
     jwt: moka::sync::Cache<TokenHash, Cached>,
     opaque: moka::future::Cache<TokenHash, Cached>,
+}
+
+/// How many verified JWTs a thread keeps in its [`Front`]: enough for the
+/// tokens a busy client set reuses, small enough that what it keeps alive
+/// beyond the shared cache's budget stays small (at most this many
+/// principals per thread, each one a moka entry when it was put there).
+const FRONT_SLOTS: usize = 64;
+
+/// One thread's copy of a few shared-cache hits, direct-mapped by the
+/// token hash's first byte. An entry is served under the same checks as a
+/// shared one (its deadline, its key set still current), and only for the
+/// cache it came from.
+struct Front {
+    owner: u64,
+    slots: [Option<FrontEntry>; FRONT_SLOTS],
+}
+
+struct FrontEntry {
+    hash: TokenHash,
+    principal: Arc<Principal>,
+    until: u64,
+    verified_with: Weak<KeySet>,
+}
+
+thread_local! {
+    static FRONT: RefCell<Front> = const {
+        RefCell::new(Front {
+            owner: 0,
+            slots: [const { None }; FRONT_SLOTS],
+        })
+    };
+}
+
+/// Cache ids start at 1: a thread's front that never held anything has owner 0.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+fn front_slot(key: &TokenHash) -> usize {
+    usize::from(key[0]) % FRONT_SLOTS
 }
 
 /// The fixed part of a principal's identity-header values: two (name,
@@ -95,6 +146,7 @@ impl TokenCache {
             (max_bytes, 0)
         };
         TokenCache {
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             jwt: moka::sync::Cache::builder()
                 .max_capacity(jwt_bytes)
                 .weigher(weight)
@@ -108,26 +160,54 @@ impl TokenCache {
         }
     }
 
-    /// A verified JWT's entry, unless it is past its deadline.
-    pub(crate) fn get_jwt(&self, key: &TokenHash) -> Option<Cached> {
-        let hit = self.jwt.get(key)?;
-        // moka's expiry is coarse; never serve an entry past its deadline.
-        if hit.until > now_unix() {
-            Some(hit)
-        } else {
+    /// A verified JWT's principal, from this thread's front or the shared
+    /// cache, unless its entry is past its deadline or `current` says the
+    /// key set that verified it is no longer its issuer's (the entry is
+    /// then dropped from both).
+    pub(crate) fn get_jwt(
+        &self,
+        key: &TokenHash,
+        current: impl Fn(&Principal, &Weak<KeySet>) -> bool,
+    ) -> Option<Arc<Principal>> {
+        let now = now_unix();
+        FRONT.with_borrow_mut(|front| {
+            if front.owner != self.id {
+                *front = Front {
+                    owner: self.id,
+                    slots: [const { None }; FRONT_SLOTS],
+                };
+            }
+            let slot = &mut front.slots[front_slot(key)];
+            if let Some(entry) = slot.as_ref().filter(|e| e.hash == *key) {
+                if entry.until > now && current(&entry.principal, &entry.verified_with) {
+                    return Some(Arc::clone(&entry.principal));
+                }
+                *slot = None;
+            }
+            let hit = self.jwt.get(key)?;
+            // moka's expiry is coarse; never serve an entry past its deadline.
+            if let (true, Some(principal), Some(with)) =
+                (hit.until > now, hit.principal, hit.verified_with)
+            {
+                if current(&principal, &with) {
+                    *slot = Some(FrontEntry {
+                        hash: *key,
+                        principal: Arc::clone(&principal),
+                        until: hit.until,
+                        verified_with: with,
+                    });
+                    return Some(principal);
+                }
+            }
             self.jwt.invalidate(key);
             None
-        }
+        })
     }
 
     pub(crate) fn insert_jwt(&self, key: TokenHash, value: Cached) {
         if value.until > now_unix() {
             self.jwt.insert(key, value);
         }
-    }
-
-    pub(crate) fn invalidate_jwt(&self, key: &TokenHash) {
-        self.jwt.invalidate(key);
     }
 
     /// An introspection answer's entry, unless it is past its deadline.
@@ -181,8 +261,12 @@ mod tests {
             })),
             rejection: "",
             until: now_unix() + 3600,
-            verified_with: None,
+            verified_with: Some(Weak::new()),
         }
+    }
+
+    fn any_key_set(_: &Principal, _: &Weak<KeySet>) -> bool {
+        true
     }
 
     fn key(i: usize) -> TokenHash {
@@ -223,10 +307,41 @@ mod tests {
         stale.until = now_unix() + 1;
         cache.insert_jwt(key(1), stale);
         cache.insert_jwt(key(2), entry(2));
-        assert!(cache.get_jwt(&key(1)).is_some());
+        // Twice: the second answer comes from this thread's front.
+        assert!(cache.get_jwt(&key(1), any_key_set).is_some());
+        assert!(cache.get_jwt(&key(1), any_key_set).is_some());
         // Deadlines are whole seconds: 1 s from now is past within 2 s.
         std::thread::sleep(Duration::from_millis(2100));
-        assert!(cache.get_jwt(&key(1)).is_none());
-        assert!(cache.get_jwt(&key(2)).is_some());
+        assert!(cache.get_jwt(&key(1), any_key_set).is_none());
+        assert!(cache.get_jwt(&key(2), any_key_set).is_some());
+    }
+
+    /// A thread's front serves an entry under the shared cache's checks:
+    /// once its key set is no longer current it is gone from both, and a
+    /// front never answers for another cache.
+    #[test]
+    fn the_front_answers_only_what_the_shared_cache_would() {
+        let cache = TokenCache::new(1 << 20, false);
+        cache.insert_jwt(key(1), entry(1));
+        let first = cache.get_jwt(&key(1), any_key_set).expect("shared hit");
+        let again = cache.get_jwt(&key(1), any_key_set).expect("front hit");
+        assert!(Arc::ptr_eq(&first, &again), "the same principal");
+        assert!(cache.get_jwt(&key(1), |_, _| false).is_none());
+        assert!(
+            cache.get_jwt(&key(1), any_key_set).is_none(),
+            "a stale entry is dropped from the shared cache too"
+        );
+
+        cache.insert_jwt(key(2), entry(2));
+        assert!(cache.get_jwt(&key(2), any_key_set).is_some());
+        let other = TokenCache::new(1 << 20, false);
+        assert!(
+            other.get_jwt(&key(2), any_key_set).is_none(),
+            "another cache's entry"
+        );
+        // Its own entry in the same slot replaces the other's, and back.
+        other.insert_jwt(key(2), entry(2));
+        assert!(other.get_jwt(&key(2), any_key_set).is_some());
+        assert!(cache.get_jwt(&key(2), any_key_set).is_some());
     }
 }
