@@ -122,6 +122,21 @@ pub type IdentityHeaderValues =
     std::sync::OnceLock<(u64, Box<[(http::HeaderName, http::HeaderValue)]>)>;
 
 impl Principal {
+    /// A copy that shares no allocation with `self`, its identity-header
+    /// values left to be made again on first use: what one thread keeps
+    /// for a token it reuses, so that its requests count references only
+    /// in memory no other core writes.
+    pub(crate) fn unshared(&self) -> Principal {
+        Principal {
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            scopes: self.scopes.clone(),
+            claims: self.claims.clone(),
+            expires_at: self.expires_at,
+            identity_headers: IdentityHeaderValues::new(),
+        }
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| &**s == scope)
     }

@@ -212,7 +212,11 @@ impl IdentityHeaders {
                         .and_then(claim_as_header_text),
                 };
                 let value = HeaderValue::try_from(value?).ok()?;
-                Some((name.clone(), value))
+                // A copy of the name, not a clone: a clone of a custom
+                // name shares its reference count with the configuration,
+                // which every worker's requests would then write.
+                let name = HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
+                Some((name, value))
             })
             .collect()
     }
