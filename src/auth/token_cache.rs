@@ -353,7 +353,8 @@ mod tests {
             other.get_jwt(&key(2), any_key_set).is_none(),
             "another cache's entry"
         );
-        // Its own entry in the same slot replaces the other's, and back.
+        // Asking another cache empties the thread's front: each cache then
+        // answers its own entry again, from its shared part.
         other.insert_jwt(key(2), entry(2));
         assert!(other.get_jwt(&key(2), any_key_set).is_some());
         assert!(cache.get_jwt(&key(2), any_key_set).is_some());
