@@ -357,26 +357,26 @@ impl Verifier {
     /// signature check, a key fetch, introspection) runs in a boxed one, so
     /// the common case neither allocates nor carries the large states.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        let hash = token_hash(token.as_bytes());
-        match self.cached_jwt(&hash) {
-            Some(principal) => Ok(principal),
-            None => self.verify_uncached(token, hash).await,
+        match self.cached_jwt(token.as_bytes()) {
+            Ok(principal) => Ok(principal),
+            Err(hash) => self.verify_uncached(token, hash).await,
         }
     }
 
     /// The principal of a JWT verified before, if it is cached and the key
-    /// set that verified it is still its issuer's current one. `hash` is
-    /// [`token_hash`] of the token's bytes as sent. A hash only gets into
-    /// this cache once its token passed every check, so the caller may ask
-    /// before checking the token's syntax (the proxy does).
-    pub fn cached_jwt(&self, hash: &TokenHash) -> Option<Arc<Principal>> {
+    /// set that verified it is still its issuer's current one; `token` is
+    /// its bytes as sent. A token only gets into this cache once it passed
+    /// every check, so the caller may ask before checking the token's
+    /// syntax (the proxy does). `Err`: not cached, with its
+    /// [`token_hash`], for [`Verifier::verify_uncached`].
+    pub fn cached_jwt(&self, token: &[u8]) -> Result<Arc<Principal>, TokenHash> {
         let principal = self
             .cache
-            .get_jwt(hash, |principal, with| self.still_current(principal, with))?;
+            .get_jwt(token, |principal, with| self.still_current(principal, with))?;
         self.counters
             .token_cache_hits
             .fetch_add(1, Ordering::Relaxed);
-        Some(principal)
+        Ok(principal)
     }
 
     /// [`Verifier::verify`] for a token [`Verifier::cached_jwt`] did not

@@ -179,10 +179,9 @@ pub async fn authorize<'r, 'p>(
     };
     // The common case first: a token verified before. Only a token the
     // cache does not know is checked for its syntax and verified.
-    let hash = auth::token_hash(credentials);
-    let principal = match runtime.verifier.cached_jwt(&hash) {
-        Some(principal) => principal,
-        None => {
+    let principal = match runtime.verifier.cached_jwt(credentials) {
+        Ok(principal) => principal,
+        Err(hash) => {
             let token = bearer::b64token(credentials).map_err(|r| deny(r, Some(route)))?;
             runtime
                 .verifier
