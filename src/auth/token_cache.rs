@@ -18,15 +18,15 @@
 //! of tokens each seen once would otherwise take each one in and push one
 //! out (moka's admission may turn it away, but only after it was
 //! inserted), paying for the insert, the eviction and the hash table's
-//! clean-up of removed entries, about a tenth of a cold request's user
-//! time, for entries never read. A token in use is cached from its
+//! clean-up of removed entries, about a sixth of a cold request's CPU
+//! (bench/RESULTS.md), for entries never read. A token in use is cached from its
 //! second request on; the first costs one more signature check, once.
 //!
 //! The front is found by the token's bytes, not by its hash: an entry keeps
 //! a copy of the token it was hit with and answers only a token equal to it
-//! (compared in constant time), so a front hit costs no SHA-256 (about
-//! 0.3 µs for a 650-byte RS256 token, a few percent of a whole proxied
-//! request). The shared cache still holds only hashes; the raw tokens a
+//! (compared in constant time), so a front hit costs no SHA-256 (0.4 to
+//! 0.7 µs for a 643-byte RS256 token on the bench machines, a few percent
+//! of a whole proxied request). The shared cache still holds only hashes; the raw tokens a
 //! front keeps (at most [`FRONT_SLOTS`] per thread, none longer than
 //! [`FRONT_MAX_TOKEN`]) never leave the process, like the request buffers
 //! they were read from.
@@ -94,7 +94,7 @@ pub(crate) struct TokenCache {
     /// process's life, where an address could be reused.
     id: u64,
     jwt: moka::sync::Cache<TokenHash, Cached>,
-    /// The JWT cache's budget in bytes, and from what size it counts as full.
+    /// From what weighted size the JWT cache counts as full (90% of its budget).
     jwt_full_at: u64,
     doorkeeper: Doorkeeper,
     opaque: moka::future::Cache<TokenHash, Cached>,
@@ -110,8 +110,8 @@ struct Doorkeeper {
     slots: Box<[AtomicU64]>,
 }
 
-/// 16,384 slots (128 KiB): tokens come back within about that many other
-/// tokens' first verifications.
+/// 16,384 slots (128 KiB): a token is remembered until one of the tokens
+/// verified after it takes its slot, on average 16,384 of them.
 const DOORKEEPER_SLOTS: usize = 1 << 14;
 
 impl Doorkeeper {
@@ -287,6 +287,7 @@ impl TokenCache {
             }
             let slot = front.slot(token);
             let slot = &mut front.slots[slot];
+            let mut known_hash = None;
             if let Some(entry) = slot.as_mut().filter(|e| same_token(&e.token, token)) {
                 if entry.until > now && current(&entry.principal, &entry.verified_with) {
                     if !entry.own {
@@ -295,12 +296,11 @@ impl TokenCache {
                     }
                     return Ok(Arc::clone(&entry.principal));
                 }
-                let hash = entry.hash;
+                // Stale here; the shared cache may hold a newer verification.
+                known_hash = Some(entry.hash);
                 *slot = None;
-                self.jwt.invalidate(&hash);
-                return Err(hash);
             }
-            let hash = token_hash(token);
+            let hash = known_hash.unwrap_or_else(|| token_hash(token));
             let Some(hit) = self.jwt.get(&hash) else {
                 return Err(hash);
             };
@@ -552,6 +552,31 @@ mod tests {
             .get_jwt(&kept, any_key_set)
             .expect("still in the front");
         assert!(Arc::ptr_eq(&own, &again));
+    }
+
+    /// A front entry that is no longer current gives way to a newer
+    /// verification of the same token in the shared cache (another thread
+    /// verified it again, say after a key rotation); it does not drop it.
+    #[test]
+    fn a_stale_front_entry_defers_to_a_newer_shared_one() {
+        let cache = TokenCache::new(1 << 20, false);
+        cache.insert_jwt(key(1), entry(1));
+        cache.get_jwt(&token(1), any_key_set).expect("shared hit");
+        cache.get_jwt(&token(1), any_key_set).expect("front hit");
+
+        let mut newer = entry(1);
+        if let Some(principal) = newer.principal.as_mut() {
+            Arc::get_mut(principal).expect("unshared").subject = Some("again".into());
+        }
+        cache.jwt.insert(key(1), newer);
+        let only_newer = |p: &Principal, _: &Weak<KeySet>| p.subject.as_deref() == Some("again");
+        let served = cache
+            .get_jwt(&token(1), only_newer)
+            .expect("the newer entry");
+        assert_eq!(served.subject.as_deref(), Some("again"));
+        assert!(cache.jwt.contains_key(&key(1)), "kept in the shared cache");
+        let again = cache.get_jwt(&token(1), only_newer).expect("front hit");
+        assert_eq!(again.subject.as_deref(), Some("again"));
     }
 
     /// A token longer than a front keeps is still served, from the shared cache.
